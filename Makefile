@@ -1,0 +1,76 @@
+# rekeyguard — build, test, demo.  See README.md.
+#
+#   make            build librekeyguard.so
+#   make demo       build, then show the race plain and with the shim
+#   make check      the Check test suite (installs Debian packages as root)
+#   make install    PREFIX=/usr/local DESTDIR= LIBDIR=$(PREFIX)/lib/<multiarch>
+
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+WARN      = -Wall -Wextra -Werror
+SHIM_CFLAGS = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread
+GNUTLS_CFLAGS := $(shell pkg-config --cflags gnutls 2>/dev/null)
+GNUTLS_LIBS   := $(shell pkg-config --libs gnutls 2>/dev/null || echo -lgnutls)
+CHECK_LIBS    := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
+
+PREFIX  ?= /usr/local
+MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch 2>/dev/null)
+LIBDIR  ?= $(PREFIX)/lib/$(MULTIARCH)
+BINDIR  ?= $(PREFIX)/bin
+
+SHIM_SRCS = shim/interpose.c shim/registry.c shim/transport.c shim/config.c
+SHIM_HDRS = shim/rekeyguard.h
+LIB       = librekeyguard.so
+
+# Packages the build and the tests need (Debian 12 names).
+DEPS_BUILD = gcc make pkg-config libgnutls28-dev
+DEPS_CHECK = $(DEPS_BUILD) check gnutls-bin binutils
+
+TEST_CFLAGS = $(CFLAGS) $(WARN) -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS)
+TEST_PROGS  = tests/rg-scenario tests/rg-differential tests/check_rekeyguard
+HARNESS     = tests/harness.c tests/harness.h
+
+.PHONY: all demo check tests deps-build deps-check install uninstall clean
+
+all: $(LIB)
+
+$(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
+	$(CC) $(SHIM_CFLAGS) -shared -Wl,--version-script=shim/exports.map \
+	    -Wl,-z,now -Wl,-z,relro -o $@ $(SHIM_SRCS) -ldl -pthread
+
+deps-build:
+	@tests/ensure-deps.sh $(DEPS_BUILD)
+
+deps-check:
+	@tests/ensure-deps.sh $(DEPS_CHECK)
+
+tests: $(TEST_PROGS)
+
+tests/rg-scenario: tests/rg-scenario.c $(HARNESS)
+	$(CC) $(TEST_CFLAGS) -o $@ tests/rg-scenario.c tests/harness.c $(GNUTLS_LIBS) -ldl
+
+tests/rg-differential: tests/rg-differential.c $(HARNESS)
+	$(CC) $(TEST_CFLAGS) -o $@ tests/rg-differential.c tests/harness.c $(GNUTLS_LIBS) -ldl
+
+tests/check_rekeyguard: tests/check_rekeyguard.c
+	$(CC) $(TEST_CFLAGS) -o $@ tests/check_rekeyguard.c $(CHECK_LIBS)
+
+demo: deps-build
+	@$(MAKE) --no-print-directory $(LIB) tests/rg-scenario
+	@tests/demo.sh
+
+check: deps-check
+	@$(MAKE) --no-print-directory $(LIB) tests
+	cd tests && ./check_rekeyguard
+
+install: $(LIB)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
+	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
+	sed 's|@LIBDIR@|$(LIBDIR)|' run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+	chmod 0755 $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+
+clean:
+	rm -f $(LIB) $(TEST_PROGS) tests/*.o

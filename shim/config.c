@@ -1,0 +1,114 @@
+/*
+ * config.c — environment parsing and logging.
+ *
+ * Owns: REKEYGUARD_MODE and REKEYGUARD_LOG, read once (pthread_once, on the
+ * first GnuTLS call, never in a constructor), and rg_log().
+ * Invariants: a bad value never stops the host; it produces exactly one
+ * stderr line naming the variable, the value, the accepted values and the
+ * value used. Log lines are formatted on the stack and written with one
+ * write(2); errno is preserved across logging.
+ */
+#include "rekeyguard.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+static struct rg_config rg_config_value = {
+	.mode = RG_MODE_AUTO,
+	.log_level = RG_LOG_WARN,
+};
+static pthread_once_t rg_config_once = PTHREAD_ONCE_INIT;
+
+static const char *const rg_mode_names[] = {
+	[RG_MODE_AUTO] = "auto", [RG_MODE_GUARD] = "guard", [RG_MODE_OFF] = "off",
+};
+static const char *const rg_level_names[] = {
+	[RG_LOG_ERROR] = "error", [RG_LOG_WARN] = "warn",
+	[RG_LOG_INFO] = "info", [RG_LOG_DEBUG] = "debug",
+};
+
+const char *rg_mode_name(enum rg_mode mode)
+{
+	return rg_mode_names[mode];
+}
+
+/* Index of `value` in `names` (case-insensitive, whole string), or -1. */
+static int rg_config_match(const char *value, const char *const *names, int count)
+{
+	for (int i = 0; i < count; i++)
+		if (strcasecmp(value, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* Reads one enumerated variable; reports a bad value once. */
+static int rg_config_enum(const char *var, const char *const *names, int count,
+			  int fallback)
+{
+	const char *value = getenv(var);
+	if (value == NULL)
+		return fallback;
+	int found = rg_config_match(value, names, count);
+	if (found >= 0)
+		return found;
+
+	char accepted[128] = "";
+	for (int i = 0; i < count; i++) {
+		strcat(accepted, names[i]);
+		if (i + 1 < count)
+			strcat(accepted, ", ");
+	}
+	/* Show at most 40 characters of a bad value. */
+	rg_log(RG_LOG_ERROR, "%s='%.40s%s' is not valid (accepted: %s); using %s",
+	       var, value, strlen(value) > 40 ? "..." : "", accepted, names[fallback]);
+	return fallback;
+}
+
+static void rg_config_parse(void)
+{
+	/* REKEYGUARD_LOG first, so that it governs the MODE message too. */
+	rg_config_value.log_level = rg_config_enum("REKEYGUARD_LOG", rg_level_names, 4,
+						   RG_LOG_WARN);
+	rg_config_value.mode = rg_config_enum("REKEYGUARD_MODE", rg_mode_names, 3,
+					      RG_MODE_AUTO);
+}
+
+const struct rg_config *rg_config_get(void)
+{
+	pthread_once(&rg_config_once, rg_config_parse);
+	return &rg_config_value;
+}
+
+bool rg_log_enabled(enum rg_log_level level)
+{
+	/* Errors always print: they explain why protection is off. */
+	return level == RG_LOG_ERROR || level <= rg_config_value.log_level;
+}
+
+void rg_log(enum rg_log_level level, const char *fmt, ...)
+{
+	if (!rg_log_enabled(level))
+		return;
+	int saved_errno = errno;
+	char line[512];
+	int n = snprintf(line, sizeof line, "rekeyguard: ");
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+	va_end(ap);
+	if (m < 0)
+		m = 0;
+	n += m;
+	if (n > (int)sizeof line - 2)
+		n = sizeof line - 2;
+	line[n++] = '\n';
+	ssize_t ignored = write(STDERR_FILENO, line, n);
+	(void)ignored;
+	errno = saved_errno;
+}

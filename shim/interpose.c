@@ -1,0 +1,572 @@
+/*
+ * interpose.c — symbol lookup and the exported wrappers.
+ *
+ * Owns: rg_real (the next definition of every interposed GnuTLS function,
+ * bound once, lazily, under pthread_once — never in a constructor, and
+ * never by dlopen'ing GnuTLS), the guard/pass-through decision, and the
+ * exported functions.
+ *
+ * Every wrapped function has three layers (cwrap style): real_<fn> calls
+ * the next definition, guard_<fn> holds the logic, and the exported <fn>
+ * only forwards. The record/handshake functions share one shape, generated
+ * by RG_GUARDED_n below; lifecycle and transport functions are written out.
+ *
+ * Invariants: a symbol that resolves back into this library is treated as
+ * missing (no recursion); a missing optional symbol (newer GnuTLS only)
+ * makes its wrapper return GNUTLS_E_UNIMPLEMENTED_FEATURE; a missing
+ * required symbol turns guarding off with one error line.
+ */
+#include "rekeyguard.h"
+
+#include <dlfcn.h>
+#include <stddef.h>
+#include <string.h>
+
+struct rg_real_table rg_real;
+
+static pthread_once_t rg_bind_once = PTHREAD_ONCE_INIT;
+static bool rg_guard_enabled;
+static const char *rg_version_string = "unknown";
+
+#define RG_SYM(name, required) { #name, offsetof(struct rg_real_table, name), required }
+static const struct rg_symbol {
+	const char *name;
+	size_t offset;
+	bool required;
+} rg_symbols[] = {
+	RG_SYM(gnutls_init, true),
+	RG_SYM(gnutls_deinit, true),
+	RG_SYM(gnutls_record_send, true),
+	RG_SYM(gnutls_record_send2, false),
+	RG_SYM(gnutls_record_send_range, false),
+	RG_SYM(gnutls_record_send_file, false),
+	RG_SYM(gnutls_record_send_early_data, false),
+	RG_SYM(gnutls_record_recv, true),
+	RG_SYM(gnutls_record_recv_seq, true),
+	RG_SYM(gnutls_record_recv_packet, false),
+	RG_SYM(gnutls_record_recv_early_data, false),
+	RG_SYM(gnutls_record_uncork, true),
+	RG_SYM(gnutls_record_check_pending, true),
+	RG_SYM(gnutls_record_get_direction, true),
+	RG_SYM(gnutls_record_discard_queued, false),
+	RG_SYM(gnutls_handshake, true),
+	RG_SYM(gnutls_reauth, false),
+	RG_SYM(gnutls_rehandshake, true),
+	RG_SYM(gnutls_bye, true),
+	RG_SYM(gnutls_alert_send, true),
+	RG_SYM(gnutls_alert_send_appropriate, true),
+	RG_SYM(gnutls_session_key_update, false),
+	RG_SYM(gnutls_session_ticket_send, false),
+	RG_SYM(gnutls_session_get_data, true),
+	RG_SYM(gnutls_session_get_data2, true),
+	RG_SYM(gnutls_heartbeat_ping, false),
+	RG_SYM(gnutls_heartbeat_pong, false),
+	RG_SYM(gnutls_transport_set_ptr, true),
+	RG_SYM(gnutls_transport_set_ptr2, true),
+	RG_SYM(gnutls_transport_set_int2, true),
+	RG_SYM(gnutls_transport_get_ptr, true),
+	RG_SYM(gnutls_transport_get_ptr2, true),
+	RG_SYM(gnutls_transport_get_int, true),
+	RG_SYM(gnutls_transport_get_int2, true),
+	RG_SYM(gnutls_transport_set_push_function, true),
+	RG_SYM(gnutls_transport_set_vec_push_function, true),
+	RG_SYM(gnutls_transport_set_pull_function, true),
+	RG_SYM(gnutls_transport_set_pull_timeout_function, true),
+	RG_SYM(gnutls_transport_set_errno_function, true),
+	RG_SYM(gnutls_transport_set_errno, true),
+	RG_SYM(gnutls_transport_set_fastopen, false),
+	RG_SYM(gnutls_system_recv_timeout, true),
+	RG_SYM(gnutls_check_version, true),
+	RG_SYM(gnutls_protocol_get_version, true),
+};
+
+/* Binds one symbol; false if it is missing or resolves back to us. */
+static bool rg_bind_symbol(const struct rg_symbol *sym, const Dl_info *self)
+{
+	void **slot = (void **)((char *)&rg_real + sym->offset);
+	void *found = dlsym(RTLD_NEXT, sym->name);
+	Dl_info info;
+	if (found != NULL && dladdr(found, &info) != 0 && info.dli_fbase == self->dli_fbase) {
+		rg_log(RG_LOG_ERROR, "%s resolves to rekeyguard itself; passing through",
+		       sym->name);
+		found = NULL;
+	}
+	*slot = found;
+	return found != NULL;
+}
+
+static void rg_bind(void)
+{
+	const struct rg_config *config = rg_config_get();
+	Dl_info self;
+	memset(&self, 0, sizeof self);
+	dladdr(&rg_real, &self);
+
+	const char *missing = NULL;
+	for (size_t i = 0; i < sizeof rg_symbols / sizeof rg_symbols[0]; i++) {
+		if (!rg_bind_symbol(&rg_symbols[i], &self) && rg_symbols[i].required && missing == NULL)
+			missing = rg_symbols[i].name;
+	}
+	if (rg_real.gnutls_check_version.fn != NULL) {
+		const char *v = rg_real.gnutls_check_version.fn(NULL);
+		if (v != NULL)
+			rg_version_string = v;
+	}
+
+	if (missing != NULL) {
+		/* GnuTLS not loaded at all: stay silent, as in any other
+		 * program; loaded but odd: say why protection is off. */
+		if (rg_real.gnutls_init.fn != NULL)
+			rg_log(RG_LOG_ERROR, "GnuTLS %s lacks %s; protection is off",
+			       rg_version_string, missing);
+		rg_guard_enabled = false;
+		return;
+	}
+	switch (config->mode) {
+	case RG_MODE_OFF:
+		rg_guard_enabled = false;
+		break;
+	case RG_MODE_GUARD:
+		rg_guard_enabled = true;
+		break;
+	case RG_MODE_AUTO:
+		/* GnuTLS 3.8.11 reworked key updates (merge request 1990). */
+		rg_guard_enabled = rg_real.gnutls_check_version.fn("3.8.11") == NULL;
+		if (!rg_guard_enabled)
+			rg_log(RG_LOG_INFO, "GnuTLS %s is not affected; standing down "
+			       "(REKEYGUARD_MODE=guard forces guarding)", rg_version_string);
+		break;
+	}
+	rg_log(RG_LOG_DEBUG, "GnuTLS %s, REKEYGUARD_MODE=%s: %s", rg_version_string,
+	       rg_mode_name(config->mode), rg_guard_enabled ? "guarding" : "pass-through");
+}
+
+bool rg_guarding(void)
+{
+	pthread_once(&rg_bind_once, rg_bind);
+	return rg_guard_enabled;
+}
+
+const char *rg_gnutls_version(void)
+{
+	return rg_version_string;
+}
+
+/* ---- record, handshake and alert functions ----------------------------- */
+
+/* RG_GUARDED_n(type, name, family, n argument type/name pairs after the
+ * session) defines real_<name>, guard_<name> and the exported <name>.
+ * The lists are passed in parentheses and unwrapped by RG_UNPAREN. */
+#define RG_UNPAREN(...) __VA_ARGS__
+#define RG_GUARDED_BODY(type, name, family, FIELDS, PARAMS, ARGS, CALL_ARGS)       \
+	struct rg_args_##name { struct rg_call call; RG_UNPAREN FIELDS };          \
+	static type real_##name(gnutls_session_t session RG_UNPAREN PARAMS)       \
+	{                                                                          \
+		if (rg_real.name.fn == NULL)                                       \
+			return GNUTLS_E_UNIMPLEMENTED_FEATURE;                     \
+		return rg_real.name.fn(session RG_UNPAREN ARGS);                   \
+	}                                                                          \
+	static ssize_t rg_invoke_##name(struct rg_call *call)                      \
+	{                                                                          \
+		struct rg_args_##name *a = (struct rg_args_##name *)call;          \
+		(void)a;                                                           \
+		return real_##name(call->session RG_UNPAREN CALL_ARGS);            \
+	}                                                                          \
+	static type guard_##name(gnutls_session_t session RG_UNPAREN PARAMS)      \
+	{                                                                          \
+		struct rg_args_##name a = { { family, session, rg_invoke_##name }  \
+					    RG_UNPAREN ARGS };                     \
+		return (type)rg_guard_call(&a.call);                               \
+	}                                                                          \
+	RG_EXPORT type name(gnutls_session_t session RG_UNPAREN PARAMS)            \
+	{                                                                          \
+		return guard_##name(session RG_UNPAREN ARGS);                      \
+	}
+
+#define RG_GUARDED_0(type, name, family)                                          \
+	RG_GUARDED_BODY(type, name, family, (), (), (), ())
+#define RG_GUARDED_1(type, name, family, T1, a1)                                  \
+	RG_GUARDED_BODY(type, name, family, (T1 a1;), (, T1 a1), (, a1), (, a->a1))
+#define RG_GUARDED_2(type, name, family, T1, a1, T2, a2)                          \
+	RG_GUARDED_BODY(type, name, family, (T1 a1; T2 a2;), (, T1 a1, T2 a2),     \
+			(, a1, a2), (, a->a1, a->a2))
+#define RG_GUARDED_3(type, name, family, T1, a1, T2, a2, T3, a3)                  \
+	RG_GUARDED_BODY(type, name, family, (T1 a1; T2 a2; T3 a3;),                \
+			(, T1 a1, T2 a2, T3 a3), (, a1, a2, a3), (, a->a1, a->a2, a->a3))
+#define RG_GUARDED_4(type, name, family, T1, a1, T2, a2, T3, a3, T4, a4)          \
+	RG_GUARDED_BODY(type, name, family, (T1 a1; T2 a2; T3 a3; T4 a4;),         \
+			(, T1 a1, T2 a2, T3 a3, T4 a4), (, a1, a2, a3, a4),           \
+			(, a->a1, a->a2, a->a3, a->a4))
+
+/* Records: a retried send completes the earlier send (owed result). */
+RG_GUARDED_2(ssize_t, gnutls_record_send, RG_FAMILY_SEND, const void *, data, size_t, data_size)
+RG_GUARDED_4(ssize_t, gnutls_record_send2, RG_FAMILY_SEND, const void *, data, size_t, data_size,
+	     size_t, pad, unsigned, flags)
+RG_GUARDED_3(ssize_t, gnutls_record_send_range, RG_FAMILY_SEND, const void *, data,
+	     size_t, data_size, const gnutls_range_st *, range)
+RG_GUARDED_3(ssize_t, gnutls_record_send_file, RG_FAMILY_SEND, int, fd, off_t *, offset,
+	     size_t, count)
+RG_GUARDED_2(ssize_t, gnutls_record_send_early_data, RG_FAMILY_SEND, const void *, data,
+	     size_t, length)
+RG_GUARDED_2(ssize_t, gnutls_record_recv, RG_FAMILY_RECV, void *, data, size_t, data_size)
+RG_GUARDED_3(ssize_t, gnutls_record_recv_seq, RG_FAMILY_RECV, void *, data, size_t, data_size,
+	     unsigned char *, seq)
+RG_GUARDED_1(ssize_t, gnutls_record_recv_packet, RG_FAMILY_RECV, gnutls_packet_t *, packet)
+RG_GUARDED_2(ssize_t, gnutls_record_recv_early_data, RG_FAMILY_RECV, void *, data,
+	     size_t, data_size)
+RG_GUARDED_1(int, gnutls_record_uncork, RG_FAMILY_UNCORK, unsigned int, flags)
+/* Handshakes (initial, TLS 1.2 renegotiation, TLS 1.3 post-handshake auth). */
+RG_GUARDED_0(int, gnutls_handshake, RG_FAMILY_HANDSHAKE)
+RG_GUARDED_1(int, gnutls_reauth, RG_FAMILY_HANDSHAKE, unsigned int, flags)
+RG_GUARDED_0(int, gnutls_rehandshake, RG_FAMILY_HANDSHAKE)
+/* Closing and alerts. */
+RG_GUARDED_1(int, gnutls_bye, RG_FAMILY_BYE, gnutls_close_request_t, how)
+RG_GUARDED_2(int, gnutls_alert_send, RG_FAMILY_ALERT, gnutls_alert_level_t, level,
+	     gnutls_alert_description_t, desc)
+RG_GUARDED_1(int, gnutls_alert_send_appropriate, RG_FAMILY_ALERT, int, err)
+/* Key changes and post-handshake messages. */
+RG_GUARDED_1(int, gnutls_session_key_update, RG_FAMILY_KEY_UPDATE, unsigned, flags)
+RG_GUARDED_2(int, gnutls_session_ticket_send, RG_FAMILY_TICKET, unsigned, nr, unsigned, flags)
+/* TLS 1.3 clients may wait for a session ticket here. */
+RG_GUARDED_2(int, gnutls_session_get_data, RG_FAMILY_SESSION_DATA, void *, session_data,
+	     size_t *, session_data_size)
+RG_GUARDED_1(int, gnutls_session_get_data2, RG_FAMILY_SESSION_DATA, gnutls_datum_t *, data)
+RG_GUARDED_3(int, gnutls_heartbeat_ping, RG_FAMILY_HEARTBEAT, size_t, data_size,
+	     unsigned int, max_tries, unsigned int, flags)
+RG_GUARDED_1(int, gnutls_heartbeat_pong, RG_FAMILY_HEARTBEAT, unsigned int, flags)
+
+/* ---- short calls: lock, real call, unlock ------------------------------ */
+
+/* The entry of a guarded session, referenced and locked; NULL when the
+ * call should go straight to GnuTLS (not guarded, or GnuTLS calling
+ * itself with the lock already held by this thread). */
+static struct rg_session *rg_short_begin(gnutls_session_t session)
+{
+	if (!rg_guarding())
+		return NULL;
+	struct rg_session *current = rg_transport_current();
+	if (current != NULL && current->session == session)
+		return NULL;
+	struct rg_session *s = rg_registry_lookup_ref(session);
+	if (s != NULL)
+		rg_session_lock(s, __func__);
+	return s;
+}
+
+static void rg_short_end(struct rg_session *s)
+{
+	rg_registry_unref_locked(s);
+	rg_session_unlock(s, __func__);
+}
+
+static size_t real_gnutls_record_check_pending(gnutls_session_t session)
+{
+	return rg_real.gnutls_record_check_pending.fn(session);
+}
+
+static size_t guard_gnutls_record_check_pending(gnutls_session_t session)
+{
+	struct rg_session *s = rg_short_begin(session);
+	if (s == NULL)
+		return real_gnutls_record_check_pending(session);
+	size_t pending = real_gnutls_record_check_pending(session);
+	rg_short_end(s);
+	return pending;
+}
+
+RG_EXPORT size_t gnutls_record_check_pending(gnutls_session_t session)
+{
+	return guard_gnutls_record_check_pending(session);
+}
+
+static int real_gnutls_record_get_direction(gnutls_session_t session)
+{
+	return rg_real.gnutls_record_get_direction.fn(session);
+}
+
+static int guard_gnutls_record_get_direction(gnutls_session_t session)
+{
+	struct rg_session *s = rg_short_begin(session);
+	if (s == NULL)
+		return real_gnutls_record_get_direction(session);
+	/* 1 when the shim itself returned AGAIN while writing. */
+	int direction = s->direction_override >= 0 ? s->direction_override
+						   : real_gnutls_record_get_direction(session);
+	rg_short_end(s);
+	return direction;
+}
+
+RG_EXPORT int gnutls_record_get_direction(gnutls_session_t session)
+{
+	return guard_gnutls_record_get_direction(session);
+}
+
+static size_t real_gnutls_record_discard_queued(gnutls_session_t session)
+{
+	if (rg_real.gnutls_record_discard_queued.fn == NULL)
+		return 0;
+	return rg_real.gnutls_record_discard_queued.fn(session);
+}
+
+static size_t guard_gnutls_record_discard_queued(gnutls_session_t session)
+{
+	struct rg_session *s = rg_short_begin(session);
+	if (s == NULL)
+		return real_gnutls_record_discard_queued(session);
+	/* GnuTLS's own send buffer is empty under the shim: the bytes it
+	 * would discard are in the shim's queue. */
+	size_t discarded = real_gnutls_record_discard_queued(session) +
+			   rg_transport_discard_queued(s);
+	rg_short_end(s);
+	return discarded;
+}
+
+RG_EXPORT size_t gnutls_record_discard_queued(gnutls_session_t session)
+{
+	return guard_gnutls_record_discard_queued(session);
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static int real_gnutls_init(gnutls_session_t *session, unsigned int flags)
+{
+	if (rg_real.gnutls_init.fn == NULL)
+		return GNUTLS_E_UNIMPLEMENTED_FEATURE;
+	return rg_real.gnutls_init.fn(session, flags);
+}
+
+static int guard_gnutls_init(gnutls_session_t *session, unsigned int flags)
+{
+	bool guard = rg_guarding();
+	int ret = real_gnutls_init(session, flags);
+	/* DTLS has no TLS 1.3 key update in GnuTLS: left alone. */
+	if (ret < 0 || !guard || (flags & GNUTLS_DATAGRAM))
+		return ret;
+	struct rg_session *s = rg_registry_create(*session, flags);
+	if (s == NULL) {
+		rg_log(RG_LOG_ERROR, "out of memory: a new session is not guarded");
+		return ret;
+	}
+	rg_transport_install(s);
+	return ret;
+}
+
+RG_EXPORT int gnutls_init(gnutls_session_t *session, unsigned int flags)
+{
+	return guard_gnutls_init(session, flags);
+}
+
+static void real_gnutls_deinit(gnutls_session_t session)
+{
+	if (rg_real.gnutls_deinit.fn != NULL)
+		rg_real.gnutls_deinit.fn(session);
+}
+
+static void guard_gnutls_deinit(gnutls_session_t session)
+{
+	struct rg_session *s = rg_guarding() ? rg_registry_remove(session) : NULL;
+	if (s == NULL) {
+		real_gnutls_deinit(session);
+		return;
+	}
+	if (rg_transport_current() == s) {
+		/* Deinit from inside a call on the same session (a callback):
+		 * the outer call still uses the entry, so it is left behind. */
+		rg_log(RG_LOG_WARN, "gnutls_deinit called inside a call on the same session");
+		real_gnutls_deinit(session);
+		return;
+	}
+	rg_session_lock(s, __func__);
+	s->dying = true;
+	while (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 0)
+		rg_session_wait(s, __func__);
+	real_gnutls_deinit(session);
+	rg_session_unlock(s, __func__);
+	rg_registry_destroy(s);
+}
+
+RG_EXPORT void gnutls_deinit(gnutls_session_t session)
+{
+	guard_gnutls_deinit(session);
+}
+
+/* ---- transport setters and getters ---------------------------------------
+ * On a guarded session GnuTLS keeps the shim's callbacks and pointer; the
+ * application's choices are recorded in the entry and reported back by the
+ * getters. Unguarded sessions go straight to GnuTLS. */
+
+#define RG_SETTER(name, PARAMS, ARGS, RECORD)                                      \
+	static void real_##name(gnutls_session_t session RG_UNPAREN PARAMS)        \
+	{                                                                          \
+		rg_real.name.fn(session RG_UNPAREN ARGS);                          \
+	}                                                                          \
+	static void guard_##name(gnutls_session_t session RG_UNPAREN PARAMS)       \
+	{                                                                          \
+		struct rg_session *s = rg_short_begin(session);                    \
+		if (s == NULL) {                                                   \
+			real_##name(session RG_UNPAREN ARGS);                      \
+			return;                                                    \
+		}                                                                  \
+		RG_UNPAREN RECORD                                                  \
+		rg_short_end(s);                                                   \
+	}                                                                          \
+	RG_EXPORT void name(gnutls_session_t session RG_UNPAREN PARAMS)            \
+	{                                                                          \
+		guard_##name(session RG_UNPAREN ARGS);                             \
+	}
+
+#define RG_INT_PTR(fd) ((gnutls_transport_ptr_t)(intptr_t)(fd))
+
+RG_SETTER(gnutls_transport_set_ptr, (, gnutls_transport_ptr_t ptr), (, ptr),
+	  (s->app_recv_ptr = s->app_send_ptr = ptr;))
+RG_SETTER(gnutls_transport_set_ptr2,
+	  (, gnutls_transport_ptr_t recv_ptr, gnutls_transport_ptr_t send_ptr),
+	  (, recv_ptr, send_ptr),
+	  (s->app_recv_ptr = recv_ptr; s->app_send_ptr = send_ptr;))
+/* gnutls_transport_set_int is a macro for set_int2 (no symbol of its own). */
+RG_SETTER(gnutls_transport_set_int2, (, int recv_fd, int send_fd), (, recv_fd, send_fd),
+	  (s->app_recv_ptr = RG_INT_PTR(recv_fd); s->app_send_ptr = RG_INT_PTR(send_fd);))
+RG_SETTER(gnutls_transport_set_push_function, (, gnutls_push_func push_func), (, push_func),
+	  (s->app_push = push_func; s->app_vec_push = NULL;))
+RG_SETTER(gnutls_transport_set_vec_push_function, (, gnutls_vec_push_func vec_func),
+	  (, vec_func), (s->app_vec_push = vec_func; s->app_push = NULL;))
+RG_SETTER(gnutls_transport_set_pull_function, (, gnutls_pull_func pull_func), (, pull_func),
+	  (s->app_pull = pull_func; rg_transport_refresh(s);))
+RG_SETTER(gnutls_transport_set_pull_timeout_function, (, gnutls_pull_timeout_func func),
+	  (, func),
+	  (s->app_pull_timeout = func == rg_real.gnutls_system_recv_timeout.fn ? NULL : func;
+	   rg_transport_refresh(s);))
+RG_SETTER(gnutls_transport_set_errno_function, (, gnutls_errno_func errno_func),
+	  (, errno_func), (s->app_errno = errno_func;))
+
+static gnutls_transport_ptr_t real_gnutls_transport_get_ptr(gnutls_session_t session)
+{
+	return rg_real.gnutls_transport_get_ptr.fn(session);
+}
+
+static gnutls_transport_ptr_t guard_gnutls_transport_get_ptr(gnutls_session_t session)
+{
+	struct rg_session *s = rg_short_begin(session);
+	if (s == NULL)
+		return real_gnutls_transport_get_ptr(session);
+	gnutls_transport_ptr_t ptr = s->app_recv_ptr;
+	rg_short_end(s);
+	return ptr;
+}
+
+RG_EXPORT gnutls_transport_ptr_t gnutls_transport_get_ptr(gnutls_session_t session)
+{
+	return guard_gnutls_transport_get_ptr(session);
+}
+
+static void real_gnutls_transport_get_ptr2(gnutls_session_t session,
+					   gnutls_transport_ptr_t *recv_ptr,
+					   gnutls_transport_ptr_t *send_ptr)
+{
+	rg_real.gnutls_transport_get_ptr2.fn(session, recv_ptr, send_ptr);
+}
+
+static void guard_gnutls_transport_get_ptr2(gnutls_session_t session,
+					    gnutls_transport_ptr_t *recv_ptr,
+					    gnutls_transport_ptr_t *send_ptr)
+{
+	struct rg_session *s = rg_short_begin(session);
+	if (s == NULL) {
+		real_gnutls_transport_get_ptr2(session, recv_ptr, send_ptr);
+		return;
+	}
+	*recv_ptr = s->app_recv_ptr;
+	*send_ptr = s->app_send_ptr;
+	rg_short_end(s);
+}
+
+RG_EXPORT void gnutls_transport_get_ptr2(gnutls_session_t session,
+					 gnutls_transport_ptr_t *recv_ptr,
+					 gnutls_transport_ptr_t *send_ptr)
+{
+	guard_gnutls_transport_get_ptr2(session, recv_ptr, send_ptr);
+}
+
+RG_EXPORT int gnutls_transport_get_int(gnutls_session_t session)
+{
+	return (int)(intptr_t)guard_gnutls_transport_get_ptr(session);
+}
+
+RG_EXPORT void gnutls_transport_get_int2(gnutls_session_t session, int *recv_fd, int *send_fd)
+{
+	gnutls_transport_ptr_t recv_ptr, send_ptr;
+	guard_gnutls_transport_get_ptr2(session, &recv_ptr, &send_ptr);
+	*recv_fd = (int)(intptr_t)recv_ptr;
+	*send_fd = (int)(intptr_t)send_ptr;
+}
+
+static void real_gnutls_transport_set_errno(gnutls_session_t session, int err)
+{
+	rg_real.gnutls_transport_set_errno.fn(session, err);
+}
+
+static void guard_gnutls_transport_set_errno(gnutls_session_t session, int err)
+{
+	/* From the application's push or pull running outside the lock:
+	 * kept for the next real call instead of racing into GnuTLS. */
+	if (rg_guarding() && rg_transport_capture_errno(session, err))
+		return;
+	real_gnutls_transport_set_errno(session, err);
+}
+
+RG_EXPORT void gnutls_transport_set_errno(gnutls_session_t session, int err)
+{
+	guard_gnutls_transport_set_errno(session, err);
+}
+
+static void real_gnutls_transport_set_fastopen(gnutls_session_t session, int fd,
+					       struct sockaddr *connect_addr,
+					       socklen_t connect_addrlen, unsigned int flags)
+{
+	if (rg_real.gnutls_transport_set_fastopen.fn != NULL)
+		rg_real.gnutls_transport_set_fastopen.fn(session, fd, connect_addr,
+							 connect_addrlen, flags);
+}
+
+static void guard_gnutls_transport_set_fastopen(gnutls_session_t session, int fd,
+						struct sockaddr *connect_addr,
+						socklen_t connect_addrlen, unsigned int flags)
+{
+	/* TCP Fast Open brings its own transport: the session is handed back
+	 * to GnuTLS and no longer guarded (documented limit). */
+	struct rg_session *s = rg_guarding() ? rg_registry_remove(session) : NULL;
+	if (s != NULL) {
+		rg_session_lock(s, __func__);
+		while (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 0)
+			rg_session_wait(s, __func__);
+		rg_transport_release(s);
+		rg_session_unlock(s, __func__);
+		rg_registry_destroy(s);
+		rg_log(RG_LOG_INFO, "a TCP Fast Open session is not guarded");
+	}
+	real_gnutls_transport_set_fastopen(session, fd, connect_addr, connect_addrlen, flags);
+}
+
+RG_EXPORT void gnutls_transport_set_fastopen(gnutls_session_t session, int fd,
+					     struct sockaddr *connect_addr,
+					     socklen_t connect_addrlen, unsigned int flags)
+{
+	guard_gnutls_transport_set_fastopen(session, fd, connect_addr, connect_addrlen, flags);
+}
+
+/* ---- rekeyguard's own API ----------------------------------------------- */
+
+RG_EXPORT const char *rekeyguard_version(void)
+{
+	return REKEYGUARD_VERSION;
+}
+
+RG_EXPORT unsigned long rekeyguard_sessions_guarded(void)
+{
+	return rg_registry_guarded_total();
+}
+
+RG_EXPORT const char *rekeyguard_active_mode(void)
+{
+	return rg_guarding() ? "guard" : "off";
+}

@@ -1,0 +1,253 @@
+/*
+ * rekeyguard.h — declarations shared by the shim's four files.
+ *
+ *   interpose.c  binding of the real GnuTLS functions and the exported
+ *                wrappers (real_<fn> thunk -> guard_<fn> -> exported <fn>)
+ *   registry.c   session entries: hash table keyed by gnutls_session_t,
+ *                reference counts, entry locks, fork handling
+ *   transport.c  the guarded transport: the shim's own push/pull callbacks,
+ *                staging buffers, and the outer loop that performs the
+ *                application's blocking I/O with the session lock dropped
+ *   config.c     environment parsing and logging
+ *
+ * Lock order (the only locks the shim owns):
+ *   1. registry stripe locks (registry.c, rg_stripe[]): guard bucket chains
+ *      and the reference count increments; held for a few instructions.
+ *   2. a session's lock (struct rg_session.lock): guards every field of the
+ *      entry and is held for the whole of each real GnuTLS call on that
+ *      session, never while the application's transport may block.
+ * No path holds both: a lookup takes its stripe lock, takes a reference
+ * and releases the stripe before locking the session.
+ */
+#ifndef REKEYGUARD_SHIM_H
+#define REKEYGUARD_SHIM_H
+
+#include <gnutls/gnutls.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define RG_EXPORT __attribute__((visibility("default")))
+#define RG_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+#define REKEYGUARD_VERSION "0.1.0"
+
+/* ---- config.c -------------------------------------------------------- */
+
+enum rg_log_level { RG_LOG_ERROR = 0, RG_LOG_WARN, RG_LOG_INFO, RG_LOG_DEBUG };
+enum rg_mode { RG_MODE_AUTO = 0, RG_MODE_GUARD, RG_MODE_OFF };
+
+struct rg_config {
+	enum rg_mode mode;           /* as configured */
+	enum rg_log_level log_level;
+};
+
+/* Parses the environment once (pthread_once); later calls are free. */
+const struct rg_config *rg_config_get(void);
+const char *rg_mode_name(enum rg_mode mode);
+void rg_log(enum rg_log_level level, const char *fmt, ...) RG_PRINTF(2, 3);
+bool rg_log_enabled(enum rg_log_level level);
+
+/* ---- interpose.c: the real GnuTLS functions ---------------------------- */
+
+/* Each real function lives in a union with void * so dlsym's result is
+ * stored without casting a data pointer to a function pointer. */
+#define RG_REAL_SLOT(ret, name, params) union { void *sym; ret (*fn) params; } name
+
+struct rg_real_table {
+	RG_REAL_SLOT(int, gnutls_init, (gnutls_session_t *, unsigned int));
+	RG_REAL_SLOT(void, gnutls_deinit, (gnutls_session_t));
+	RG_REAL_SLOT(ssize_t, gnutls_record_send, (gnutls_session_t, const void *, size_t));
+	RG_REAL_SLOT(ssize_t, gnutls_record_send2, (gnutls_session_t, const void *, size_t, size_t, unsigned));
+	RG_REAL_SLOT(ssize_t, gnutls_record_send_range, (gnutls_session_t, const void *, size_t, const gnutls_range_st *));
+	RG_REAL_SLOT(ssize_t, gnutls_record_send_file, (gnutls_session_t, int, off_t *, size_t));
+	RG_REAL_SLOT(ssize_t, gnutls_record_send_early_data, (gnutls_session_t, const void *, size_t));
+	RG_REAL_SLOT(ssize_t, gnutls_record_recv, (gnutls_session_t, void *, size_t));
+	RG_REAL_SLOT(ssize_t, gnutls_record_recv_seq, (gnutls_session_t, void *, size_t, unsigned char *));
+	RG_REAL_SLOT(ssize_t, gnutls_record_recv_packet, (gnutls_session_t, gnutls_packet_t *));
+	RG_REAL_SLOT(ssize_t, gnutls_record_recv_early_data, (gnutls_session_t, void *, size_t));
+	RG_REAL_SLOT(int, gnutls_record_uncork, (gnutls_session_t, unsigned int));
+	RG_REAL_SLOT(size_t, gnutls_record_check_pending, (gnutls_session_t));
+	RG_REAL_SLOT(int, gnutls_record_get_direction, (gnutls_session_t));
+	RG_REAL_SLOT(size_t, gnutls_record_discard_queued, (gnutls_session_t));
+	RG_REAL_SLOT(int, gnutls_handshake, (gnutls_session_t));
+	RG_REAL_SLOT(int, gnutls_reauth, (gnutls_session_t, unsigned int));
+	RG_REAL_SLOT(int, gnutls_rehandshake, (gnutls_session_t));
+	RG_REAL_SLOT(int, gnutls_bye, (gnutls_session_t, gnutls_close_request_t));
+	RG_REAL_SLOT(int, gnutls_alert_send, (gnutls_session_t, gnutls_alert_level_t, gnutls_alert_description_t));
+	RG_REAL_SLOT(int, gnutls_alert_send_appropriate, (gnutls_session_t, int));
+	RG_REAL_SLOT(int, gnutls_session_key_update, (gnutls_session_t, unsigned));
+	RG_REAL_SLOT(int, gnutls_session_ticket_send, (gnutls_session_t, unsigned, unsigned));
+	RG_REAL_SLOT(int, gnutls_session_get_data, (gnutls_session_t, void *, size_t *));
+	RG_REAL_SLOT(int, gnutls_session_get_data2, (gnutls_session_t, gnutls_datum_t *));
+	RG_REAL_SLOT(int, gnutls_heartbeat_ping, (gnutls_session_t, size_t, unsigned int, unsigned int));
+	RG_REAL_SLOT(int, gnutls_heartbeat_pong, (gnutls_session_t, unsigned int));
+	/* transport setters and getters */
+	RG_REAL_SLOT(void, gnutls_transport_set_ptr, (gnutls_session_t, gnutls_transport_ptr_t));
+	RG_REAL_SLOT(void, gnutls_transport_set_ptr2, (gnutls_session_t, gnutls_transport_ptr_t, gnutls_transport_ptr_t));
+	RG_REAL_SLOT(void, gnutls_transport_set_int2, (gnutls_session_t, int, int));
+	RG_REAL_SLOT(gnutls_transport_ptr_t, gnutls_transport_get_ptr, (gnutls_session_t));
+	RG_REAL_SLOT(void, gnutls_transport_get_ptr2, (gnutls_session_t, gnutls_transport_ptr_t *, gnutls_transport_ptr_t *));
+	RG_REAL_SLOT(int, gnutls_transport_get_int, (gnutls_session_t));
+	RG_REAL_SLOT(void, gnutls_transport_get_int2, (gnutls_session_t, int *, int *));
+	RG_REAL_SLOT(void, gnutls_transport_set_push_function, (gnutls_session_t, gnutls_push_func));
+	RG_REAL_SLOT(void, gnutls_transport_set_vec_push_function, (gnutls_session_t, gnutls_vec_push_func));
+	RG_REAL_SLOT(void, gnutls_transport_set_pull_function, (gnutls_session_t, gnutls_pull_func));
+	RG_REAL_SLOT(void, gnutls_transport_set_pull_timeout_function, (gnutls_session_t, gnutls_pull_timeout_func));
+	RG_REAL_SLOT(void, gnutls_transport_set_errno_function, (gnutls_session_t, gnutls_errno_func));
+	RG_REAL_SLOT(void, gnutls_transport_set_errno, (gnutls_session_t, int));
+	RG_REAL_SLOT(void, gnutls_transport_set_fastopen, (gnutls_session_t, int, struct sockaddr *, socklen_t, unsigned int));
+	/* used by the shim itself, not interposed */
+	RG_REAL_SLOT(int, gnutls_system_recv_timeout, (gnutls_transport_ptr_t, unsigned int));
+	RG_REAL_SLOT(const char *, gnutls_check_version, (const char *));
+	RG_REAL_SLOT(gnutls_protocol_t, gnutls_protocol_get_version, (gnutls_session_t));
+};
+
+extern struct rg_real_table rg_real;
+
+/* Binds rg_real (once) and decides whether guarding is on. Returns true
+ * when sessions are to be guarded. */
+bool rg_guarding(void);
+/* "3.7.9" or "unknown". */
+const char *rg_gnutls_version(void);
+
+/* ---- registry.c ------------------------------------------------------ */
+
+/* Where the application's transport input stands (staged between the
+ * application's own I/O outside the lock and the next real GnuTLS call). */
+enum rg_in_result {
+	RG_IN_NONE = 0,
+	RG_IN_READABLE,   /* a wait said data is there; nothing consumed */
+	RG_IN_EOF,        /* the application's pull returned 0 */
+	RG_IN_READ_ERROR, /* the application's pull returned -1 (in_errno) */
+	RG_IN_WAIT_ERROR, /* the application's pull_timeout returned -1 */
+	RG_IN_TIMEDOUT,   /* the application's pull_timeout returned 0 */
+};
+
+/* What the current real call asked of the transport and could not get
+ * without waiting. */
+enum rg_want { RG_WANT_NONE = 0, RG_WANT_READ, RG_WANT_WAIT };
+
+/* Calls whose retry after GNUTLS_E_AGAIN completes the earlier call. */
+enum rg_family {
+	RG_FAMILY_QUICK = 0, /* never does transport I/O worth retrying */
+	RG_FAMILY_SEND,
+	RG_FAMILY_RECV,
+	RG_FAMILY_UNCORK,
+	RG_FAMILY_HANDSHAKE,
+	RG_FAMILY_BYE,
+	RG_FAMILY_ALERT,
+	RG_FAMILY_KEY_UPDATE,
+	RG_FAMILY_TICKET,
+	RG_FAMILY_HEARTBEAT,
+	RG_FAMILY_SESSION_DATA,
+};
+
+struct rg_chunk {
+	struct rg_chunk *next;
+	size_t cap, len, off;  /* data[off, len) still to be written */
+	unsigned char data[];
+};
+
+struct rg_session {
+	gnutls_session_t session;
+	struct rg_session *next;      /* registry chain */
+	unsigned refs;                /* calls in flight (atomic) */
+	unsigned generation;          /* fork generation the lock belongs to */
+	bool dying;                   /* gnutls_deinit is waiting */
+	bool managed;                 /* the shim's callbacks are installed */
+	bool no_signal;               /* GNUTLS_NO_SIGNAL: MSG_NOSIGNAL on sendmsg */
+	bool proto_checked;           /* TLS version looked at for the notice */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;          /* reader/flusher hand-over, deinit */
+
+	/* The application's transport, as it configured it. */
+	gnutls_pull_func app_pull;            /* NULL: GnuTLS's recv() */
+	gnutls_pull_timeout_func app_pull_timeout; /* NULL: gnutls_system_recv_timeout */
+	gnutls_push_func app_push;            /* at most one of app_push */
+	gnutls_vec_push_func app_vec_push;    /*   and app_vec_push; both NULL: sendmsg() */
+	gnutls_errno_func app_errno;          /* NULL: errno */
+	gnutls_transport_ptr_t app_recv_ptr, app_send_ptr;
+
+	/* errno the shim's callbacks report to GnuTLS in a guarded call */
+	int cb_errno;
+
+	/* Inbound staging. */
+	enum rg_want want;
+	size_t want_len;
+	unsigned want_ms;
+	bool reader_active;           /* a thread performs input outside the lock */
+	enum rg_in_result in_result;
+	int in_errno;
+	int in_wait_ret;              /* pull_timeout's positive return */
+	unsigned char *in_buf;
+	size_t in_cap, in_len, in_off;
+
+	/* Outbound queue: every byte GnuTLS pushed, in order, until written. */
+	struct rg_chunk *out_head, *out_tail, *out_spare;
+	uint64_t out_queued, out_flushed;  /* byte counters, monotonic */
+	bool flusher_active;
+	int push_dead_errno;          /* the transport failed for good */
+
+	/* A call that returned AGAIN/INTERRUPTED with its bytes still queued. */
+	bool owed_valid;
+	bool owed_complete;           /* the real call had finished: replay */
+	enum rg_family owed_family;
+	ssize_t owed_result;
+	uint64_t owed_mark;
+
+	int direction_override;       /* -1: ask GnuTLS */
+};
+
+struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_flags);
+/* Looks up the entry and takes a reference (a call in flight). NULL for
+ * sessions the shim does not guard. */
+struct rg_session *rg_registry_lookup_ref(gnutls_session_t session);
+/* Drops the reference taken by lookup; called with s->lock held. */
+void rg_registry_unref_locked(struct rg_session *s);
+/* Removes the entry of a session being deinitialised; NULL if none. */
+struct rg_session *rg_registry_remove(gnutls_session_t session);
+void rg_registry_destroy(struct rg_session *s);
+unsigned long rg_registry_guarded_total(void);
+
+void rg_session_lock(struct rg_session *s, const char *caller);
+void rg_session_unlock(struct rg_session *s, const char *caller);
+void rg_session_wait(struct rg_session *s, const char *caller);
+void rg_session_broadcast(struct rg_session *s);
+
+/* ---- transport.c ----------------------------------------------------- */
+
+/* One call of a wrapped GnuTLS function; wrappers embed it first in a
+ * struct holding their arguments. */
+struct rg_call {
+	enum rg_family family;
+	gnutls_session_t session;
+	ssize_t (*invoke)(struct rg_call *call);
+};
+
+/* Runs the call: pass-through when not guarded or nested, else the
+ * guarded loop. */
+ssize_t rg_guard_call(struct rg_call *call);
+
+/* Installs the shim's callbacks on a new guarded session. */
+void rg_transport_install(struct rg_session *s);
+/* Re-installs GnuTLS's view of the transport after the application
+ * changed it (pull with or without pull_timeout). Called with s->lock. */
+void rg_transport_refresh(struct rg_session *s);
+/* Gives the session back to GnuTLS's own transport handling (the shim
+ * stops guarding it). Called with s->lock. */
+void rg_transport_release(struct rg_session *s);
+
+/* Application errno capture while its transport runs outside the lock:
+ * returns true when gnutls_transport_set_errno was taken for the shim. */
+bool rg_transport_capture_errno(gnutls_session_t session, int err);
+/* The entry whose lock this thread holds inside a real call, if any. */
+struct rg_session *rg_transport_current(void);
+
+/* Discards queued bytes no thread is writing; returns how many. */
+size_t rg_transport_discard_queued(struct rg_session *s);
+
+#endif

@@ -1,0 +1,646 @@
+/*
+ * transport.c — the guarded transport.
+ *
+ * Owns: the push/pull/pull_timeout/errno callbacks the shim installs on
+ * every guarded session (GnuTLS's transport pointer is the entry), the
+ * inbound staging and outbound queue, and rg_guard_call's loop.
+ *
+ * Invariants:
+ *  - The session lock is held for the whole of each real GnuTLS call and
+ *    is never released inside a callback (background.md, lesson 1).
+ *  - Inside a real call the callbacks never wait: pull serves staged bytes
+ *    or does a non-blocking recv() on the default fd transport, else
+ *    records what GnuTLS wanted (s->want) and reports EAGAIN; push accepts
+ *    every byte (a non-blocking sendmsg() first on the default transport,
+ *    the rest copied to the queue). GnuTLS therefore never sees a push fail
+ *    with EAGAIN (GnuTLS 3.7.9 would resend a record after a key update).
+ *  - Between real calls, with the lock dropped, the loop performs the
+ *    application's own transport I/O exactly as configured (blocking or
+ *    not) and stages the result; the next real call consumes it. Only one
+ *    thread reads (reader_active) and one writes (flusher_active) at a time.
+ *  - The application's pull is never asked for more bytes than GnuTLS asked
+ *    for, so gnutls_record_check_pending needs no correction.
+ *  - Queued bytes are written in the order GnuTLS pushed them. A call
+ *    returns only when its own bytes are written, or with the error the
+ *    application's transport gave (AGAIN/INTERRUPTED are "owed": the
+ *    retry of the same call finishes the write and returns the result the
+ *    real call had, without calling GnuTLS again).
+ */
+#include "rekeyguard.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define RG_CHUNK_SIZE 65536
+#define RG_MAX_IOV 16
+
+/* Per-thread state. initial-exec: a few bytes, no __tls_get_addr call on
+ * the hot path (glibc keeps static TLS room for late-loaded libraries). */
+struct rg_thread_state {
+	struct rg_session *current;   /* lock held by this thread in a real call */
+	struct rg_session *capturing; /* its transport runs outside the lock */
+	bool captured;
+	int captured_errno;
+};
+static __thread struct rg_thread_state rg_thread
+	__attribute__((tls_model("initial-exec")));
+
+struct rg_session *rg_transport_current(void)
+{
+	return rg_thread.current;
+}
+
+static int rg_fd_of(gnutls_transport_ptr_t ptr)
+{
+	return (int)(intptr_t)ptr;
+}
+
+static size_t rg_iov_total(const giovec_t *iov, int count)
+{
+	size_t total = 0;
+	for (int i = 0; i < count; i++)
+		total += iov[i].iov_len;
+	return total;
+}
+
+/* ---- the application's transport, called as GnuTLS would ------------- */
+
+static ssize_t rg_app_pull(struct rg_session *s, void *buf, size_t len)
+{
+	if (s->app_pull != NULL)
+		return s->app_pull(s->app_recv_ptr, buf, len);
+	return recv(rg_fd_of(s->app_recv_ptr), buf, len, 0);
+}
+
+static int rg_app_pull_timeout(struct rg_session *s, unsigned ms)
+{
+	if (s->app_pull_timeout != NULL)
+		return s->app_pull_timeout(s->app_recv_ptr, ms);
+	return rg_real.gnutls_system_recv_timeout.fn(s->app_recv_ptr, ms);
+}
+
+/* GnuTLS's own emulation of writev over a push function (buffers.c
+ * _gnutls_writev_emu): stop at the first short write. */
+static ssize_t rg_app_push_emulated(struct rg_session *s, const giovec_t *iov, int count)
+{
+	size_t total = 0;
+	ssize_t ret = 0;
+	for (int i = 0; i < count; i++) {
+		size_t sent = 0, left = iov[i].iov_len;
+		const char *p = iov[i].iov_base;
+		do {
+			ret = s->app_push(s->app_send_ptr, p, left);
+			if (ret > 0) {
+				sent += ret;
+				left -= ret;
+				p += ret;
+			}
+		} while (ret > 0 && left > 0);
+		if (sent > 0)
+			ret = sent;
+		if (ret == -1)
+			break;
+		total += ret;
+		if ((size_t)ret != iov[i].iov_len)
+			break;
+	}
+	return total > 0 ? (ssize_t)total : ret;
+}
+
+static ssize_t rg_app_push(struct rg_session *s, const giovec_t *iov, int count, int flags)
+{
+	if (s->app_vec_push != NULL)
+		return s->app_vec_push(s->app_send_ptr, iov, count);
+	if (s->app_push != NULL)
+		return rg_app_push_emulated(s, iov, count);
+	struct msghdr hdr;
+	memset(&hdr, 0, sizeof hdr);
+	hdr.msg_iov = (struct iovec *)iov;
+	hdr.msg_iovlen = count;
+	return sendmsg(rg_fd_of(s->app_send_ptr), &hdr,
+		       flags | (s->no_signal ? MSG_NOSIGNAL : 0));
+}
+
+/* The errno GnuTLS would have seen after the application's callback
+ * failed: gnutls_transport_set_errno wins, else the errno function, else
+ * errno (buffers.c get_errno). */
+static int rg_app_errno(struct rg_session *s, int saved_errno)
+{
+	if (rg_thread.captured)
+		return rg_thread.captured_errno;
+	if (s->app_errno != NULL)
+		return s->app_errno(s->app_recv_ptr);
+	return saved_errno;
+}
+
+static void rg_capture_begin(struct rg_session *s)
+{
+	rg_thread.capturing = s;
+	rg_thread.captured = false;
+}
+
+static void rg_capture_end(void)
+{
+	rg_thread.capturing = NULL;
+}
+
+bool rg_transport_capture_errno(gnutls_session_t session, int err)
+{
+	struct rg_session *s = rg_thread.capturing;
+	if (s == NULL || s->session != session)
+		return false;
+	if (err != 0) {   /* GnuTLS treats 0 as "not set" */
+		rg_thread.captured = true;
+		rg_thread.captured_errno = err;
+	}
+	return true;
+}
+
+/* buffers.c errno_to_gerr for a stream session. */
+static int rg_push_error(int err)
+{
+	switch (err) {
+	case EAGAIN:
+		return GNUTLS_E_AGAIN;
+	case EINTR:
+		return GNUTLS_E_INTERRUPTED;
+	case ECONNRESET:
+		return GNUTLS_E_PREMATURE_TERMINATION;
+	default:
+		return GNUTLS_E_PUSH_ERROR;
+	}
+}
+
+/* ---- outbound queue ---------------------------------------------------- */
+
+static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
+{
+	struct rg_chunk *c = s->out_spare;
+	if (c != NULL && c->cap >= need) {
+		s->out_spare = NULL;
+	} else {
+		size_t cap = need > RG_CHUNK_SIZE ? need : RG_CHUNK_SIZE;
+		c = malloc(sizeof *c + cap);
+		if (c == NULL)
+			return NULL;
+		c->cap = cap;
+	}
+	c->next = NULL;
+	c->len = c->off = 0;
+	return c;
+}
+
+static void rg_chunk_put(struct rg_session *s, struct rg_chunk *c)
+{
+	if (s->out_spare == NULL && c->cap == RG_CHUNK_SIZE)
+		s->out_spare = c;
+	else
+		free(c);
+}
+
+/* A chunk with `need` free bytes at its end: the tail, or a new chunk not
+ * yet linked. NULL when memory is exhausted. */
+static struct rg_chunk *rg_queue_room(struct rg_session *s, size_t need)
+{
+	struct rg_chunk *t = s->out_tail;
+	if (t != NULL && t->cap - t->len >= need)
+		return t;
+	return rg_chunk_get(s, need);
+}
+
+/* Copies iov's bytes from offset `skip` on into c and links c. */
+static void rg_queue_put(struct rg_session *s, struct rg_chunk *c,
+			 const giovec_t *iov, int count, size_t skip)
+{
+	for (int i = 0; i < count; i++) {
+		size_t len = iov[i].iov_len;
+		const unsigned char *p = iov[i].iov_base;
+		if (skip >= len) {
+			skip -= len;
+			continue;
+		}
+		memcpy(c->data + c->len, p + skip, len - skip);
+		c->len += len - skip;
+		s->out_queued += len - skip;
+		skip = 0;
+	}
+	if (c != s->out_tail) {
+		if (s->out_tail != NULL)
+			s->out_tail->next = c;
+		else
+			s->out_head = c;
+		s->out_tail = c;
+	}
+}
+
+static void rg_queue_consume(struct rg_session *s, size_t n)
+{
+	s->out_flushed += n;
+	while (n > 0 && s->out_head != NULL) {
+		struct rg_chunk *c = s->out_head;
+		size_t take = c->len - c->off < n ? c->len - c->off : n;
+		c->off += take;
+		n -= take;
+		if (c->off < c->len)
+			break;
+		if (c == s->out_tail) {
+			c->off = c->len = 0;
+		} else {
+			s->out_head = c->next;
+			rg_chunk_put(s, c);
+		}
+	}
+}
+
+size_t rg_transport_discard_queued(struct rg_session *s)
+{
+	if (s->flusher_active)
+		return 0;   /* bytes on their way out cannot be taken back */
+	size_t n = (size_t)(s->out_queued - s->out_flushed);
+	rg_queue_consume(s, n);
+	s->owed_valid = false;
+	return n;
+}
+
+/* Writes queued bytes until out_flushed reaches mark, with the lock
+ * dropped while the application's transport runs. Called and returns with
+ * s->lock held. Returns 0 or the GnuTLS error GnuTLS itself would have
+ * returned for that write (GNUTLS_E_AGAIN after a short write). */
+static int rg_flush_until(struct rg_session *s, uint64_t mark)
+{
+	while (s->out_flushed < mark) {
+		if (s->flusher_active) {
+			rg_session_wait(s, __func__);
+			continue;
+		}
+		giovec_t iov[RG_MAX_IOV];
+		int count = 0;
+		for (struct rg_chunk *c = s->out_head; c != NULL && count < RG_MAX_IOV; c = c->next) {
+			if (c->len > c->off) {
+				iov[count].iov_base = c->data + c->off;
+				iov[count].iov_len = c->len - c->off;
+				count++;
+			}
+		}
+		size_t total = rg_iov_total(iov, count);
+		s->flusher_active = true;
+		rg_session_unlock(s, __func__);
+
+		rg_capture_begin(s);
+		errno = 0;
+		ssize_t n = rg_app_push(s, iov, count, 0);
+		int err = n < 0 ? rg_app_errno(s, errno) : 0;
+		rg_capture_end();
+
+		rg_session_lock(s, __func__);
+		s->flusher_active = false;
+		rg_session_broadcast(s);
+		if (n > 0)
+			rg_queue_consume(s, (size_t)n);
+		if (n < 0) {
+			int gerr = rg_push_error(err);
+			if (gerr != GNUTLS_E_AGAIN && gerr != GNUTLS_E_INTERRUPTED)
+				s->push_dead_errno = err;
+			return gerr;
+		}
+		if ((size_t)n < total && s->out_flushed < mark)
+			return GNUTLS_E_AGAIN;
+	}
+	return 0;
+}
+
+/* ---- inbound staging ---------------------------------------------------- */
+
+/* The real call wanted input it could not have without waiting: wait for
+ * it with the lock dropped, exactly as the application's transport waits,
+ * and stage the outcome for the next real call. Called and returns with
+ * s->lock held. */
+static void rg_wait_for_input(struct rg_session *s)
+{
+	enum rg_want want = s->want;
+	size_t len = s->want_len;
+	unsigned ms = s->want_ms;
+	s->want = RG_WANT_NONE;
+
+	if (s->reader_active) {          /* another thread is reading: retry after it */
+		rg_session_wait(s, __func__);
+		return;
+	}
+	if (s->in_off < s->in_len || s->in_result != RG_IN_NONE)
+		return;                      /* something is staged already */
+
+	bool read_bytes = want == RG_WANT_READ && s->app_pull != NULL;
+	if (read_bytes && s->in_cap < len) {
+		unsigned char *buf = realloc(s->in_buf, len);
+		if (buf == NULL) {
+			s->in_result = RG_IN_READ_ERROR;
+			s->in_errno = ENOMEM;
+			return;
+		}
+		s->in_buf = buf;
+		s->in_cap = len;
+	}
+	s->reader_active = true;
+	rg_session_unlock(s, __func__);
+
+	rg_capture_begin(s);
+	errno = 0;
+	ssize_t n;
+	if (want == RG_WANT_READ && read_bytes) {
+		n = s->app_pull(s->app_recv_ptr, s->in_buf, len);
+	} else if (want == RG_WANT_READ) {
+		/* Default fd transport: wait as the real recv() would (same
+		 * blocking mode, SO_RCVTIMEO, SA_RESTART, errors) without taking
+		 * the bytes; the next real call reads them without waiting. */
+		unsigned char byte;
+		n = recv(rg_fd_of(s->app_recv_ptr), &byte, 1, MSG_PEEK);
+	} else {
+		n = rg_app_pull_timeout(s, ms);
+	}
+	int err = n < 0 ? rg_app_errno(s, errno) : 0;
+	rg_capture_end();
+
+	rg_session_lock(s, __func__);
+	s->reader_active = false;
+	rg_session_broadcast(s);
+	if (n < 0) {
+		s->in_result = want == RG_WANT_READ ? RG_IN_READ_ERROR : RG_IN_WAIT_ERROR;
+		s->in_errno = err;
+	} else if (n == 0) {
+		s->in_result = want == RG_WANT_READ ? RG_IN_EOF : RG_IN_TIMEDOUT;
+	} else if (read_bytes) {
+		s->in_len = (size_t)n;
+		s->in_off = 0;
+	} else {
+		s->in_result = RG_IN_READABLE;
+		s->in_wait_ret = want == RG_WANT_READ ? 1 : (int)n;
+	}
+}
+
+/* ---- the callbacks GnuTLS calls --------------------------------------- */
+
+static ssize_t rg_report_again(struct rg_session *s)
+{
+	s->cb_errno = EAGAIN;
+	errno = EAGAIN;
+	return -1;
+}
+
+static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+	struct rg_session *s = ptr;
+	if (rg_thread.current != s)        /* outside a guarded call */
+		return rg_app_pull(s, buf, len);
+
+	if (s->in_off < s->in_len) {
+		size_t n = s->in_len - s->in_off < len ? s->in_len - s->in_off : len;
+		memcpy(buf, s->in_buf + s->in_off, n);
+		s->in_off += n;
+		if (s->in_off == s->in_len)
+			s->in_off = s->in_len = 0;
+		return (ssize_t)n;
+	}
+	enum rg_in_result staged = s->in_result;
+	s->in_result = RG_IN_NONE;
+	if (staged == RG_IN_EOF)
+		return 0;
+	if (staged == RG_IN_READ_ERROR) {
+		s->cb_errno = errno = s->in_errno;
+		return -1;
+	}
+	if (s->app_pull == NULL) {
+		ssize_t n = recv(rg_fd_of(s->app_recv_ptr), buf, len, MSG_DONTWAIT);
+		if (n >= 0)
+			return n;
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			s->cb_errno = errno;
+			return -1;
+		}
+	}
+	s->want = RG_WANT_READ;
+	s->want_len = len;
+	return rg_report_again(s);
+}
+
+static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
+{
+	struct rg_session *s = ptr;
+	if (rg_thread.current != s)
+		return rg_app_pull_timeout(s, ms);
+
+	if (s->in_off < s->in_len)
+		return 1;
+	switch (s->in_result) {
+	case RG_IN_EOF:
+	case RG_IN_READ_ERROR:
+		return 1;                 /* readable; pull reports it */
+	case RG_IN_READABLE:
+		s->in_result = RG_IN_NONE;
+		return s->in_wait_ret;
+	case RG_IN_TIMEDOUT:
+		s->in_result = RG_IN_NONE;
+		return 0;
+	case RG_IN_WAIT_ERROR:
+		s->in_result = RG_IN_NONE;
+		s->cb_errno = errno = s->in_errno;
+		return -1;
+	case RG_IN_NONE:
+		break;
+	}
+	if (s->app_pull_timeout == NULL) {  /* poll() without waiting */
+		int r = rg_real.gnutls_system_recv_timeout.fn(s->app_recv_ptr, 0);
+		if (r != 0) {
+			s->cb_errno = errno;
+			return r;
+		}
+	}
+	s->want = RG_WANT_WAIT;
+	s->want_ms = ms;
+	return (int)rg_report_again(s);
+}
+
+static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int count)
+{
+	struct rg_session *s = ptr;
+	if (rg_thread.current != s)
+		return rg_app_push(s, iov, count, 0);
+	if (s->push_dead_errno != 0) {     /* the transport failed for good */
+		s->cb_errno = errno = s->push_dead_errno;
+		return -1;
+	}
+
+	size_t total = rg_iov_total(iov, count);
+	struct rg_chunk *room = rg_queue_room(s, total);
+	if (room == NULL) {
+		rg_log(RG_LOG_ERROR, "out of memory queueing %zu bytes; the send fails", total);
+		s->cb_errno = errno = ENOMEM;
+		return -1;
+	}
+	size_t done = 0;
+	bool default_transport = s->app_push == NULL && s->app_vec_push == NULL;
+	if (default_transport && s->out_queued == s->out_flushed) {
+		ssize_t n = rg_app_push(s, iov, count, MSG_DONTWAIT);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			s->cb_errno = errno;
+			if (room != s->out_tail)
+				rg_chunk_put(s, room);
+			return -1;
+		}
+		done = n > 0 ? (size_t)n : 0;
+	}
+	if (done < total) {
+		rg_queue_put(s, room, iov, count, done);
+	} else if (room != s->out_tail) {
+		rg_chunk_put(s, room);
+	}
+	return (ssize_t)total;
+}
+
+static int rg_cb_errno(gnutls_transport_ptr_t ptr)
+{
+	struct rg_session *s = ptr;
+	if (rg_thread.current == s)
+		return s->cb_errno;
+	if (s->app_errno != NULL)
+		return s->app_errno(s->app_recv_ptr);
+	return errno;
+}
+
+/* GnuTLS's system_errno, for sessions handed back to GnuTLS. */
+static int rg_plain_errno(gnutls_transport_ptr_t ptr)
+{
+	(void)ptr;
+	return errno;
+}
+
+void rg_transport_install(struct rg_session *s)
+{
+	s->managed = true;
+	rg_real.gnutls_transport_set_pull_function.fn(s->session, rg_cb_pull);
+	rg_real.gnutls_transport_set_vec_push_function.fn(s->session, rg_cb_vec_push);
+	rg_real.gnutls_transport_set_errno_function.fn(s->session, rg_cb_errno);
+	rg_real.gnutls_transport_set_ptr.fn(s->session, s);
+	rg_transport_refresh(s);
+}
+
+void rg_transport_refresh(struct rg_session *s)
+{
+	/* GnuTLS refuses a timeout on a custom pull that has no pull_timeout
+	 * (buffers.h NO_TIMEOUT_FUNC_SET): give GnuTLS its own default then,
+	 * so that it reports GNUTLS_E_PULL_ERROR itself, as without the shim. */
+	if (s->app_pull != NULL && s->app_pull_timeout == NULL)
+		rg_real.gnutls_transport_set_pull_timeout_function.fn(
+			s->session, rg_real.gnutls_system_recv_timeout.fn);
+	else
+		rg_real.gnutls_transport_set_pull_timeout_function.fn(s->session, rg_cb_pull_timeout);
+}
+
+void rg_transport_release(struct rg_session *s)
+{
+	s->managed = false;
+	rg_real.gnutls_transport_set_errno_function.fn(
+		s->session, s->app_errno != NULL ? s->app_errno : rg_plain_errno);
+	rg_real.gnutls_transport_set_pull_timeout_function.fn(
+		s->session, s->app_pull_timeout != NULL ? s->app_pull_timeout
+							: rg_real.gnutls_system_recv_timeout.fn);
+	if (s->app_pull != NULL)
+		rg_real.gnutls_transport_set_pull_function.fn(s->session, s->app_pull);
+	if (s->app_vec_push != NULL)
+		rg_real.gnutls_transport_set_vec_push_function.fn(s->session, s->app_vec_push);
+	else if (s->app_push != NULL)
+		rg_real.gnutls_transport_set_push_function.fn(s->session, s->app_push);
+	rg_real.gnutls_transport_set_ptr2.fn(s->session, s->app_recv_ptr, s->app_send_ptr);
+}
+
+/* ---- the guarded loop ------------------------------------------------- */
+
+static void rg_notice_tls13(struct rg_session *s, struct rg_call *call, ssize_t ret)
+{
+	static int noticed;
+	bool done = (call->family == RG_FAMILY_HANDSHAKE && ret == 0) ||
+		    ((call->family == RG_FAMILY_SEND || call->family == RG_FAMILY_RECV) && ret >= 0);
+	if (!done)
+		return;
+	s->proto_checked = true;
+	if (rg_real.gnutls_protocol_get_version.fn(s->session) != GNUTLS_TLS1_3)
+		return;
+	if (__atomic_exchange_n(&noticed, 1, __ATOMIC_ACQ_REL) == 0)
+		rg_log(RG_LOG_WARN, "guarding TLS 1.3 sessions against the key-update race "
+		       "(GnuTLS %s, REKEYGUARD_MODE=%s)", rg_gnutls_version(),
+		       rg_mode_name(rg_config_get()->mode));
+}
+
+static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
+{
+	struct rg_session *outer = rg_thread.current;
+	ssize_t ret;
+
+	rg_session_lock(s, __func__);
+	s->direction_override = -1;
+
+	/* The retry of a call that returned AGAIN/INTERRUPTED while its bytes
+	 * were queued: finish writing, then give the real call's result. */
+	if (s->owed_valid && s->owed_family == call->family) {
+		int fr = rg_flush_until(s, s->owed_mark);
+		if (fr < 0) {
+			ret = fr;
+			s->direction_override = 1;
+			goto out;
+		}
+		s->owed_valid = false;
+		if (s->owed_complete) {
+			ret = s->owed_result;
+			goto out;
+		}
+	}
+
+	for (;;) {
+		uint64_t queued_before = s->out_queued;
+		s->want = RG_WANT_NONE;
+		rg_thread.current = s;
+		ret = call->invoke(call);
+		rg_thread.current = outer;
+		bool wants_input = ret == GNUTLS_E_AGAIN && s->want != RG_WANT_NONE;
+
+		if (s->out_queued != queued_before) {
+			int fr = rg_flush_until(s, s->out_queued);
+			if (fr < 0) {
+				if (fr == GNUTLS_E_AGAIN || fr == GNUTLS_E_INTERRUPTED) {
+					s->owed_valid = true;
+					s->owed_family = call->family;
+					s->owed_mark = s->out_queued;
+					s->owed_complete = !wants_input;
+					s->owed_result = ret;
+					s->direction_override = 1;
+				}
+				ret = fr;
+				break;
+			}
+		}
+		if (!wants_input)
+			break;
+		rg_wait_for_input(s);
+	}
+	if (!s->proto_checked)
+		rg_notice_tls13(s, call, ret);
+out:
+	rg_registry_unref_locked(s);
+	rg_session_unlock(s, __func__);
+	return ret;
+}
+
+ssize_t rg_guard_call(struct rg_call *call)
+{
+	if (!rg_guarding())
+		return call->invoke(call);
+	struct rg_session *current = rg_thread.current;
+	if (current != NULL && current->session == call->session)
+		return call->invoke(call);   /* GnuTLS calling itself */
+	struct rg_session *s = rg_registry_lookup_ref(call->session);
+	if (s == NULL)
+		return call->invoke(call);   /* DTLS, or created before we were */
+	return rg_guard_run(s, call);
+}
