@@ -177,6 +177,9 @@ struct rg_session {
 
 	/* Inbound staging. */
 	enum rg_want want;
+	bool want_continues;          /* the wanting pull continues a partial read */
+	const unsigned char *pull_end; /* where the last pull's bytes ended, */
+	size_t pull_left;             /*   and what GnuTLS still wanted */
 	size_t want_len;
 	unsigned want_ms;
 	bool reader_active;           /* a thread performs input outside the lock */

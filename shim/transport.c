@@ -34,7 +34,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define RG_CHUNK_SIZE 65536
+#define RG_CHUNK_SIZE (16384 + 1024) /* a full TLS record and its overhead */
 #define RG_MAX_IOV 16
 
 /* Per-thread state. initial-exec: a few bytes, no __tls_get_addr call on
@@ -174,7 +174,10 @@ static int rg_push_error(int err)
 	}
 }
 
-/* ---- outbound queue ---------------------------------------------------- */
+/* ---- outbound queue ----------------------------------------------------
+ * One chunk per buffer GnuTLS handed to push, so that a flush gives the
+ * application's push the same buffers GnuTLS would have (its writev
+ * emulation calls push once per buffer; short writes depend on it). */
 
 static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
 {
@@ -193,41 +196,63 @@ static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
 	return c;
 }
 
+/* Keeps one chunk of the usual size for the next record. */
 static void rg_chunk_put(struct rg_session *s, struct rg_chunk *c)
 {
+	c->next = NULL;
 	if (s->out_spare == NULL && c->cap == RG_CHUNK_SIZE)
 		s->out_spare = c;
 	else
 		free(c);
 }
 
-/* A chunk with `need` free bytes at its end: the tail, or a new chunk not
- * yet linked. NULL when memory is exhausted. */
-static struct rg_chunk *rg_queue_room(struct rg_session *s, size_t need)
+static void rg_chunk_put_list(struct rg_session *s, struct rg_chunk *list)
 {
-	struct rg_chunk *t = s->out_tail;
-	if (t != NULL && t->cap - t->len >= need)
-		return t;
-	return rg_chunk_get(s, need);
+	for (struct rg_chunk *next; list != NULL; list = next) {
+		next = list->next;
+		rg_chunk_put(s, list);
+	}
 }
 
-/* Copies iov's bytes from offset `skip` on into c and links c. */
-static void rg_queue_put(struct rg_session *s, struct rg_chunk *c,
+/* One empty chunk per non-empty buffer, reserved before any byte is
+ * written so that running out of memory fails the push cleanly. */
+static struct rg_chunk *rg_queue_reserve(struct rg_session *s, const giovec_t *iov, int count)
+{
+	struct rg_chunk *list = NULL;
+	for (int i = count - 1; i >= 0; i--) {
+		if (iov[i].iov_len == 0)
+			continue;
+		struct rg_chunk *c = rg_chunk_get(s, iov[i].iov_len);
+		if (c == NULL) {
+			rg_chunk_put_list(s, list);
+			return (struct rg_chunk *)-1;
+		}
+		c->next = list;
+		list = c;
+	}
+	return list;
+}
+
+/* Queues iov's bytes from offset `skip` on, using the reserved chunks. */
+static void rg_queue_put(struct rg_session *s, struct rg_chunk *reserved,
 			 const giovec_t *iov, int count, size_t skip)
 {
 	for (int i = 0; i < count; i++) {
 		size_t len = iov[i].iov_len;
-		const unsigned char *p = iov[i].iov_base;
+		if (len == 0)
+			continue;
+		struct rg_chunk *c = reserved;
+		reserved = c->next;
+		c->next = NULL;
 		if (skip >= len) {
 			skip -= len;
+			rg_chunk_put(s, c);
 			continue;
 		}
-		memcpy(c->data + c->len, p + skip, len - skip);
-		c->len += len - skip;
-		s->out_queued += len - skip;
+		memcpy(c->data, (const unsigned char *)iov[i].iov_base + skip, len - skip);
+		c->len = len - skip;
+		s->out_queued += c->len;
 		skip = 0;
-	}
-	if (c != s->out_tail) {
 		if (s->out_tail != NULL)
 			s->out_tail->next = c;
 		else
@@ -246,12 +271,10 @@ static void rg_queue_consume(struct rg_session *s, size_t n)
 		n -= take;
 		if (c->off < c->len)
 			break;
-		if (c == s->out_tail) {
-			c->off = c->len = 0;
-		} else {
-			s->out_head = c->next;
-			rg_chunk_put(s, c);
-		}
+		s->out_head = c->next;
+		if (s->out_head == NULL)
+			s->out_tail = NULL;
+		rg_chunk_put(s, c);
 	}
 }
 
@@ -317,20 +340,24 @@ static int rg_flush_until(struct rg_session *s, uint64_t mark)
 /* The real call wanted input it could not have without waiting: wait for
  * it with the lock dropped, exactly as the application's transport waits,
  * and stage the outcome for the next real call. Called and returns with
- * s->lock held. */
-static void rg_wait_for_input(struct rg_session *s)
+ * s->lock held. Returns true when the real call's GNUTLS_E_AGAIN is what
+ * the application gets: GnuTLS would have ended a partial read there
+ * (EAGAIN, EINTR or EOF after some bytes of the same read), not consumed
+ * the outcome. */
+static bool rg_wait_for_input(struct rg_session *s)
 {
 	enum rg_want want = s->want;
 	size_t len = s->want_len;
 	unsigned ms = s->want_ms;
+	bool continues = want == RG_WANT_READ && s->want_continues;
 	s->want = RG_WANT_NONE;
 
 	if (s->reader_active) {          /* another thread is reading: retry after it */
 		rg_session_wait(s, __func__);
-		return;
+		return false;
 	}
 	if (s->in_off < s->in_len || s->in_result != RG_IN_NONE)
-		return;                      /* something is staged already */
+		return false;                /* something is staged already */
 
 	bool read_bytes = want == RG_WANT_READ && s->app_pull != NULL;
 	if (read_bytes && s->in_cap < len) {
@@ -338,7 +365,7 @@ static void rg_wait_for_input(struct rg_session *s)
 		if (buf == NULL) {
 			s->in_result = RG_IN_READ_ERROR;
 			s->in_errno = ENOMEM;
-			return;
+			return false;
 		}
 		s->in_buf = buf;
 		s->in_cap = len;
@@ -366,6 +393,8 @@ static void rg_wait_for_input(struct rg_session *s)
 	rg_session_lock(s, __func__);
 	s->reader_active = false;
 	rg_session_broadcast(s);
+	if (continues && (n == 0 || (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))))
+		return true;   /* GnuTLS's loop ends a partial read here: AGAIN */
 	if (n < 0) {
 		s->in_result = want == RG_WANT_READ ? RG_IN_READ_ERROR : RG_IN_WAIT_ERROR;
 		s->in_errno = err;
@@ -378,6 +407,7 @@ static void rg_wait_for_input(struct rg_session *s)
 		s->in_result = RG_IN_READABLE;
 		s->in_wait_ret = want == RG_WANT_READ ? 1 : (int)n;
 	}
+	return false;
 }
 
 /* ---- the callbacks GnuTLS calls --------------------------------------- */
@@ -387,6 +417,16 @@ static ssize_t rg_report_again(struct rg_session *s)
 	s->cb_errno = EAGAIN;
 	errno = EAGAIN;
 	return -1;
+}
+
+/* GnuTLS reads a record piece by piece in one loop (buffers.c
+ * _gnutls_stream_read): the next pull of the same loop asks for the rest,
+ * right after these bytes. Remember where that would be. */
+static ssize_t rg_pull_delivered(struct rg_session *s, void *buf, size_t len, ssize_t n)
+{
+	s->pull_end = (const unsigned char *)buf + n;
+	s->pull_left = len - (size_t)n;
+	return n;
 }
 
 static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
@@ -401,7 +441,7 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 		s->in_off += n;
 		if (s->in_off == s->in_len)
 			s->in_off = s->in_len = 0;
-		return (ssize_t)n;
+		return rg_pull_delivered(s, buf, len, (ssize_t)n);
 	}
 	enum rg_in_result staged = s->in_result;
 	s->in_result = RG_IN_NONE;
@@ -414,7 +454,7 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 	if (s->app_pull == NULL) {
 		ssize_t n = recv(rg_fd_of(s->app_recv_ptr), buf, len, MSG_DONTWAIT);
 		if (n >= 0)
-			return n;
+			return rg_pull_delivered(s, buf, len, n);
 		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 			s->cb_errno = errno;
 			return -1;
@@ -422,6 +462,7 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 	}
 	s->want = RG_WANT_READ;
 	s->want_len = len;
+	s->want_continues = (const unsigned char *)buf == s->pull_end && len == s->pull_left;
 	return rg_report_again(s);
 }
 
@@ -473,8 +514,8 @@ static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, i
 	}
 
 	size_t total = rg_iov_total(iov, count);
-	struct rg_chunk *room = rg_queue_room(s, total);
-	if (room == NULL) {
+	struct rg_chunk *reserved = rg_queue_reserve(s, iov, count);
+	if (reserved == (struct rg_chunk *)-1) {
 		rg_log(RG_LOG_ERROR, "out of memory queueing %zu bytes; the send fails", total);
 		s->cb_errno = errno = ENOMEM;
 		return -1;
@@ -485,17 +526,12 @@ static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, i
 		ssize_t n = rg_app_push(s, iov, count, MSG_DONTWAIT);
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 			s->cb_errno = errno;
-			if (room != s->out_tail)
-				rg_chunk_put(s, room);
+			rg_chunk_put_list(s, reserved);
 			return -1;
 		}
 		done = n > 0 ? (size_t)n : 0;
 	}
-	if (done < total) {
-		rg_queue_put(s, room, iov, count, done);
-	} else if (room != s->out_tail) {
-		rg_chunk_put(s, room);
-	}
+	rg_queue_put(s, reserved, iov, count, done);
 	return (ssize_t)total;
 }
 
@@ -597,9 +633,17 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		}
 	}
 
+	if (s->push_dead_errno != 0 && call->family == RG_FAMILY_SEND) {
+		/* GnuTLS refuses sends once a push failed for good
+		 * (record.c may_not_write). */
+		ret = GNUTLS_E_INVALID_SESSION;
+		goto out;
+	}
+
 	for (;;) {
 		uint64_t queued_before = s->out_queued;
 		s->want = RG_WANT_NONE;
+		s->pull_end = NULL;
 		rg_thread.current = s;
 		ret = call->invoke(call);
 		rg_thread.current = outer;
@@ -620,9 +664,8 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 				break;
 			}
 		}
-		if (!wants_input)
+		if (!wants_input || rg_wait_for_input(s))
 			break;
-		rg_wait_for_input(s);
 	}
 	if (!s->proto_checked)
 		rg_notice_tls13(s, call, ret);
