@@ -56,11 +56,11 @@ tests/check_rekeyguard: tests/check_rekeyguard.c
 	$(CC) $(TEST_CFLAGS) -o $@ tests/check_rekeyguard.c $(CHECK_LIBS)
 
 demo: deps-build
-	@$(MAKE) --no-print-directory $(LIB) tests/rg-scenario
+	@$(MAKE) -s --no-print-directory $(LIB) tests/rg-scenario
 	@tests/demo.sh
 
 check: deps-check
-	@$(MAKE) --no-print-directory $(LIB) tests
+	@$(MAKE) -s --no-print-directory $(LIB) tests
 	cd tests && ./check_rekeyguard
 
 install: $(LIB)
