@@ -178,6 +178,7 @@ struct rg_session {
 	/* Inbound staging. */
 	enum rg_want want;
 	bool want_continues;          /* the wanting pull continues a partial read */
+	bool timeout_seen;            /* the real call used pull_timeout */
 	const unsigned char *pull_end; /* where the last pull's bytes ended, */
 	size_t pull_left;             /*   and what GnuTLS still wanted */
 	size_t want_len;

@@ -337,6 +337,59 @@ static int rg_flush_until(struct rg_session *s, uint64_t mark)
 
 /* ---- inbound staging ---------------------------------------------------- */
 
+/* TLS record header: type, version (2 bytes), length (2 bytes). */
+#define RG_TLS_HEADER 5
+#define RG_TLS_MAX_BODY (16384 + 2048)
+
+/* After GnuTLS asked for a record header, the body length it will ask for
+ * next (buffers.c reads exactly header, then packet_size - header); 0 if
+ * the header is not one GnuTLS would go on with. */
+static size_t rg_tls_body_length(const unsigned char *h)
+{
+	size_t body = ((size_t)h[3] << 8) | h[4];
+	if (h[0] < 20 || h[0] > 24 || h[1] != 3 || body == 0 || body > RG_TLS_MAX_BODY)
+		return 0;
+	return body;
+}
+
+struct rg_pull_outcome {
+	size_t got;      /* bytes read into s->in_buf */
+	ssize_t last;    /* the pull that ended the loop: 0 (EOF) or -1 */
+	int err;
+};
+
+/* The application's pull, called as GnuTLS's read loop calls it
+ * (_gnutls_stream_read): until `len` bytes are in or a pull returns 0 or
+ * -1. When GnuTLS asked for a record header, the body it will ask for next
+ * is read the same way, so that one real call consumes the whole record.
+ * Runs without the lock; s->in_buf has room for the header and any body. */
+static struct rg_pull_outcome rg_pull_like_gnutls(struct rg_session *s, size_t len, bool whole_record)
+{
+	struct rg_pull_outcome o = { 0, 1, 0 };
+	for (;;) {
+		while (o.got < len) {
+			rg_capture_begin(s);
+			errno = 0;
+			ssize_t n = s->app_pull(s->app_recv_ptr, s->in_buf + o.got, len - o.got);
+			if (n <= 0) {
+				o.last = n;
+				o.err = n < 0 ? rg_app_errno(s, errno) : 0;
+				rg_capture_end();
+				return o;
+			}
+			rg_capture_end();
+			o.got += (size_t)n;
+		}
+		if (!whole_record || len != RG_TLS_HEADER)
+			return o;
+		size_t body = rg_tls_body_length(s->in_buf);
+		if (body == 0)
+			return o;
+		len += body;
+		whole_record = false;
+	}
+}
+
 /* The real call wanted input it could not have without waiting: wait for
  * it with the lock dropped, exactly as the application's transport waits,
  * and stage the outcome for the next real call. Called and returns with
@@ -350,6 +403,8 @@ static bool rg_wait_for_input(struct rg_session *s)
 	size_t len = s->want_len;
 	unsigned ms = s->want_ms;
 	bool continues = want == RG_WANT_READ && s->want_continues;
+	/* With a timeout GnuTLS polls before every pull: one pull at a time. */
+	bool whole_record = !s->timeout_seen;
 	s->want = RG_WANT_NONE;
 
 	if (s->reader_active) {          /* another thread is reading: retry after it */
@@ -360,52 +415,58 @@ static bool rg_wait_for_input(struct rg_session *s)
 		return false;                /* something is staged already */
 
 	bool read_bytes = want == RG_WANT_READ && s->app_pull != NULL;
-	if (read_bytes && s->in_cap < len) {
-		unsigned char *buf = realloc(s->in_buf, len);
+	size_t room = len == RG_TLS_HEADER ? RG_TLS_HEADER + RG_TLS_MAX_BODY : len;
+	if (read_bytes && s->in_cap < room) {
+		unsigned char *buf = realloc(s->in_buf, room);
 		if (buf == NULL) {
 			s->in_result = RG_IN_READ_ERROR;
 			s->in_errno = ENOMEM;
 			return false;
 		}
 		s->in_buf = buf;
-		s->in_cap = len;
+		s->in_cap = room;
 	}
 	s->reader_active = true;
 	rg_session_unlock(s, __func__);
 
-	rg_capture_begin(s);
-	errno = 0;
-	ssize_t n;
-	if (want == RG_WANT_READ && read_bytes) {
-		n = s->app_pull(s->app_recv_ptr, s->in_buf, len);
-	} else if (want == RG_WANT_READ) {
-		/* Default fd transport: wait as the real recv() would (same
-		 * blocking mode, SO_RCVTIMEO, SA_RESTART, errors) without taking
-		 * the bytes; the next real call reads them without waiting. */
-		unsigned char byte;
-		n = recv(rg_fd_of(s->app_recv_ptr), &byte, 1, MSG_PEEK);
+	struct rg_pull_outcome o = { 0, 1, 0 };
+	if (read_bytes) {
+		o = rg_pull_like_gnutls(s, len, whole_record);
 	} else {
-		n = rg_app_pull_timeout(s, ms);
+		rg_capture_begin(s);
+		errno = 0;
+		if (want == RG_WANT_READ) {
+			/* Default fd transport: wait as the real recv() would
+			 * (blocking mode, SO_RCVTIMEO, SA_RESTART, errors)
+			 * without taking the bytes; the next real call reads
+			 * them without waiting. */
+			unsigned char byte;
+			o.last = recv(rg_fd_of(s->app_recv_ptr), &byte, 1, MSG_PEEK);
+		} else {
+			o.last = rg_app_pull_timeout(s, ms);
+		}
+		o.err = o.last < 0 ? rg_app_errno(s, errno) : 0;
+		rg_capture_end();
 	}
-	int err = n < 0 ? rg_app_errno(s, errno) : 0;
-	rg_capture_end();
 
 	rg_session_lock(s, __func__);
 	s->reader_active = false;
 	rg_session_broadcast(s);
-	if (continues && (n == 0 || (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))))
-		return true;   /* GnuTLS's loop ends a partial read here: AGAIN */
-	if (n < 0) {
-		s->in_result = want == RG_WANT_READ ? RG_IN_READ_ERROR : RG_IN_WAIT_ERROR;
-		s->in_errno = err;
-	} else if (n == 0) {
-		s->in_result = want == RG_WANT_READ ? RG_IN_EOF : RG_IN_TIMEDOUT;
-	} else if (read_bytes) {
-		s->in_len = (size_t)n;
+	if (o.got > 0) {
+		s->in_len = o.got;
 		s->in_off = 0;
-	} else {
+	} else if (continues && (o.last == 0 || (o.last < 0 && (o.err == EAGAIN ||
+			o.err == EWOULDBLOCK || o.err == EINTR)))) {
+		return true;   /* GnuTLS's loop ends a partial read here: AGAIN */
+	}
+	if (o.last < 0) {
+		s->in_result = want == RG_WANT_READ ? RG_IN_READ_ERROR : RG_IN_WAIT_ERROR;
+		s->in_errno = o.err;
+	} else if (o.last == 0) {
+		s->in_result = want == RG_WANT_READ ? RG_IN_EOF : RG_IN_TIMEDOUT;
+	} else if (!read_bytes) {
 		s->in_result = RG_IN_READABLE;
-		s->in_wait_ret = want == RG_WANT_READ ? 1 : (int)n;
+		s->in_wait_ret = want == RG_WANT_READ ? 1 : (int)o.last;
 	}
 	return false;
 }
@@ -471,6 +532,7 @@ static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 	struct rg_session *s = ptr;
 	if (rg_thread.current != s)
 		return rg_app_pull_timeout(s, ms);
+	s->timeout_seen = true;
 
 	if (s->in_off < s->in_len)
 		return 1;
@@ -644,6 +706,7 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		uint64_t queued_before = s->out_queued;
 		s->want = RG_WANT_NONE;
 		s->pull_end = NULL;
+		s->timeout_seen = false;
 		rg_thread.current = s;
 		ret = call->invoke(call);
 		rg_thread.current = outer;
