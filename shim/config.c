@@ -1,7 +1,7 @@
 /*
  * config.c — environment parsing and logging.
  *
- * Owns: REKEYGUARD_MODE and REKEYGUARD_LOG, read once (pthread_once, on the
+ * Owns: REKEYGUARD_MODE, REKEYGUARD_LOG and REKEYGUARD_PROVOKE_REKEY, read once (pthread_once, on the
  * first GnuTLS call, never in a constructor), and rg_log().
  * Invariants: a bad value never stops the host; it produces exactly one
  * stderr line naming the variable, the value, the accepted values and the
@@ -70,6 +70,33 @@ static int rg_config_enum(const char *var, const char *const *names, int count,
 	return fallback;
 }
 
+/* REKEYGUARD_PROVOKE_REKEY=N or N:peer, N records from 1 to 2^24. */
+static void rg_config_provoke(void)
+{
+	const char *value = getenv("REKEYGUARD_PROVOKE_REKEY");
+	if (value == NULL)
+		return;
+	char *end = NULL;
+	errno = 0;
+	unsigned long long every = strtoull(value, &end, 10);
+	bool peer = false;
+	if (end != value && strcasecmp(end, ":peer") == 0) {
+		peer = true;
+	} else if (end == value || *end != '\0') {
+		every = 0;
+	}
+	if (value[0] < '0' || value[0] > '9' || errno != 0 || every < 1 || every > (1u << 24)) {
+		rg_log(RG_LOG_ERROR, "REKEYGUARD_PROVOKE_REKEY='%.40s%s' is not valid "
+		       "(accepted: a record count from 1 to 16777216, optionally "
+		       "followed by :peer); using none", value, strlen(value) > 40 ? "..." : "");
+		return;
+	}
+	rg_config_value.provoke_every = every;
+	rg_config_value.provoke_peer = peer;
+	rg_log(RG_LOG_WARN, "REKEYGUARD_PROVOKE_REKEY=%s: forcing a TLS 1.3 key update "
+	       "every %llu records sent (validation only, not for production)", value, every);
+}
+
 static void rg_config_parse(void)
 {
 	/* REKEYGUARD_LOG first, so that it governs the MODE message too. */
@@ -77,6 +104,7 @@ static void rg_config_parse(void)
 						   RG_LOG_WARN);
 	rg_config_value.mode = rg_config_enum("REKEYGUARD_MODE", rg_mode_names, 3,
 					      RG_MODE_AUTO);
+	rg_config_provoke();
 }
 
 const struct rg_config *rg_config_get(void)

@@ -9,6 +9,7 @@
  *                staging buffers, and the outer loop that performs the
  *                application's blocking I/O with the session lock dropped
  *   config.c     environment parsing and logging
+ *   provoke.c    forced key updates for validation (REKEYGUARD_PROVOKE_REKEY)
  *
  * Lock order (the only locks the shim owns):
  *   1. registry stripe locks (registry.c, rg_stripe[]): guard bucket chains
@@ -42,6 +43,8 @@ enum rg_mode { RG_MODE_AUTO = 0, RG_MODE_GUARD, RG_MODE_OFF };
 struct rg_config {
 	enum rg_mode mode;           /* as configured */
 	enum rg_log_level log_level;
+	uint64_t provoke_every;      /* REKEYGUARD_PROVOKE_REKEY records; 0: off */
+	bool provoke_peer;           /* ...:peer, request the peer's update too */
 };
 
 /* Parses the environment once (pthread_once); later calls are free. */
@@ -235,6 +238,12 @@ struct rg_call {
 /* Runs the call: pass-through when not guarded or nested, else the
  * guarded loop. */
 ssize_t rg_guard_call(struct rg_call *call);
+
+/* ---- provoke.c --------------------------------------------------------- */
+
+/* Runs a send through dispatch and, after every REKEYGUARD_PROVOKE_REKEY
+ * records, starts a key update on the session. */
+ssize_t rg_provoke_send(struct rg_call *call, ssize_t (*dispatch)(struct rg_call *));
 
 /* Installs the shim's callbacks on a new guarded session. */
 void rg_transport_install(struct rg_session *s);

@@ -738,7 +738,7 @@ out:
 	return ret;
 }
 
-ssize_t rg_guard_call(struct rg_call *call)
+static ssize_t rg_guard_dispatch(struct rg_call *call)
 {
 	if (!rg_guarding())
 		return call->invoke(call);
@@ -749,4 +749,11 @@ ssize_t rg_guard_call(struct rg_call *call)
 	if (s == NULL)
 		return call->invoke(call);   /* DTLS, or created before we were */
 	return rg_guard_run(s, call);
+}
+
+ssize_t rg_guard_call(struct rg_call *call)
+{
+	if (call->family == RG_FAMILY_SEND && rg_config_get()->provoke_every != 0)
+		return rg_provoke_send(call, rg_guard_dispatch);
+	return rg_guard_dispatch(call);
 }
