@@ -16,8 +16,6 @@
  */
 #include "rekeyguard.h"
 
-#include <time.h>
-
 #define RG_PROVOKE_PER_SECOND 4
 #define RG_PROVOKE_SLOTS 8   /* sessions one thread sends on, tracked at once */
 
@@ -30,13 +28,6 @@ struct rg_provoke_slot {
 static __thread struct rg_provoke_slot rg_provoke_slots[RG_PROVOKE_SLOTS];
 static __thread unsigned rg_provoke_depth;
 static __thread unsigned rg_provoke_next_slot;
-
-static uint64_t rg_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static struct rg_provoke_slot *rg_provoke_slot_of(gnutls_session_t session)
 {
@@ -57,7 +48,7 @@ static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
 	slot->records += ((uint64_t)sent + 16383) / 16384;
 	if (slot->records < config->provoke_every)
 		return;
-	uint64_t now = rg_now_ns();
+	uint64_t now = rg_monotonic_ns();
 	if (now - slot->last_ns < 1000000000u / RG_PROVOKE_PER_SECOND)
 		return;
 	if (rg_real.gnutls_protocol_get_version.fn(session) != GNUTLS_TLS1_3)

@@ -126,7 +126,6 @@ enum rg_in_result {
 	RG_IN_EOF,        /* the application's pull returned 0 */
 	RG_IN_READ_ERROR, /* the application's pull returned -1 (in_errno) */
 	RG_IN_WAIT_ERROR, /* the application's pull_timeout returned -1 */
-	RG_IN_TIMEDOUT,   /* the application's pull_timeout returned 0 */
 };
 
 /* What the current real call asked of the transport and could not get
@@ -148,9 +147,12 @@ enum rg_family {
 	RG_FAMILY_SESSION_DATA,
 };
 
+#define RG_UNCORK_RECORDS 32
+
 struct rg_chunk {
 	struct rg_chunk *next;
 	size_t cap, len, off;  /* data[off, len) still to be written */
+	bool first;            /* first buffer of one push call */
 	unsigned char data[];
 };
 
@@ -182,6 +184,7 @@ struct rg_session {
 	enum rg_want want;
 	bool want_continues;          /* the wanting pull continues a partial read */
 	bool timeout_seen;            /* the real call used pull_timeout */
+	uint64_t deadline_ns;         /* the outer call's timeout, 0: none */
 	const unsigned char *pull_end; /* where the last pull's bytes ended, */
 	size_t pull_left;             /*   and what GnuTLS still wanted */
 	size_t want_len;
@@ -196,6 +199,7 @@ struct rg_session {
 	/* Outbound queue: every byte GnuTLS pushed, in order, until written. */
 	struct rg_chunk *out_head, *out_tail, *out_spare;
 	uint64_t out_queued, out_flushed;  /* byte counters, monotonic */
+	uint64_t out_pushed;          /* every byte GnuTLS pushed, monotonic */
 	bool flusher_active;
 	int push_dead_errno;          /* the transport failed for good */
 
@@ -207,6 +211,15 @@ struct rg_session {
 	uint64_t owed_mark;
 
 	int direction_override;       /* -1: ask GnuTLS */
+
+	/* gnutls_record_uncork sends each corked record with
+	 * gnutls_record_send; after AGAIN, its retry returns the sizes of the
+	 * records completed by that retry. Ends of those records in the pushed
+	 * stream (out_pushed) and their sizes, for the outer uncork call. */
+	enum rg_family call_family;   /* of the outer call in progress */
+	unsigned uncork_count;        /* > RG_UNCORK_RECORDS: too many to track */
+	bool uncork_sending;          /* inside one of uncork's sends */
+	struct { uint64_t end; ssize_t size; } uncork_records[RG_UNCORK_RECORDS];
 };
 
 struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_flags);
@@ -257,6 +270,8 @@ void rg_transport_release(struct rg_session *s);
 /* Application errno capture while its transport runs outside the lock:
  * returns true when gnutls_transport_set_errno was taken for the shim. */
 bool rg_transport_capture_errno(gnutls_session_t session, int err);
+uint64_t rg_monotonic_ns(void);
+
 /* The entry whose lock this thread holds inside a real call, if any. */
 struct rg_session *rg_transport_current(void);
 

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define RG_CHUNK_SIZE (16384 + 1024) /* a full TLS record and its overhead */
 #define RG_MAX_IOV 16
@@ -51,6 +52,13 @@ static __thread struct rg_thread_state rg_thread
 struct rg_session *rg_transport_current(void)
 {
 	return rg_thread.current;
+}
+
+uint64_t rg_monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static int rg_fd_of(gnutls_transport_ptr_t ptr)
@@ -237,6 +245,7 @@ static struct rg_chunk *rg_queue_reserve(struct rg_session *s, const giovec_t *i
 static void rg_queue_put(struct rg_session *s, struct rg_chunk *reserved,
 			 const giovec_t *iov, int count, size_t skip)
 {
+	bool first = true;
 	for (int i = 0; i < count; i++) {
 		size_t len = iov[i].iov_len;
 		if (len == 0)
@@ -251,6 +260,8 @@ static void rg_queue_put(struct rg_session *s, struct rg_chunk *reserved,
 		}
 		memcpy(c->data, (const unsigned char *)iov[i].iov_base + skip, len - skip);
 		c->len = len - skip;
+		c->first = first;
+		first = false;
 		s->out_queued += c->len;
 		skip = 0;
 		if (s->out_tail != NULL)
@@ -299,9 +310,13 @@ static int rg_flush_until(struct rg_session *s, uint64_t mark)
 			rg_session_wait(s, __func__);
 			continue;
 		}
+		/* The buffers of one push call at a time, as GnuTLS's own send
+		 * buffer would hold them. */
 		giovec_t iov[RG_MAX_IOV];
 		int count = 0;
 		for (struct rg_chunk *c = s->out_head; c != NULL && count < RG_MAX_IOV; c = c->next) {
+			if (c->first && count > 0)
+				break;
 			if (c->len > c->off) {
 				iov[count].iov_base = c->data + c->off;
 				iov[count].iov_len = c->len - c->off;
@@ -329,7 +344,7 @@ static int rg_flush_until(struct rg_session *s, uint64_t mark)
 				s->push_dead_errno = err;
 			return gerr;
 		}
-		if ((size_t)n < total && s->out_flushed < mark)
+		if ((size_t)n < total)
 			return GNUTLS_E_AGAIN;
 	}
 	return 0;
@@ -393,11 +408,13 @@ static struct rg_pull_outcome rg_pull_like_gnutls(struct rg_session *s, size_t l
 /* The real call wanted input it could not have without waiting: wait for
  * it with the lock dropped, exactly as the application's transport waits,
  * and stage the outcome for the next real call. Called and returns with
- * s->lock held. Returns true when the real call's GNUTLS_E_AGAIN is what
- * the application gets: GnuTLS would have ended a partial read there
- * (EAGAIN, EINTR or EOF after some bytes of the same read), not consumed
- * the outcome. */
-static bool rg_wait_for_input(struct rg_session *s)
+ * s->lock held. Returns true when the call ends here with *ret:
+ * GNUTLS_E_AGAIN where GnuTLS would have ended a partial read (EAGAIN,
+ * EINTR or EOF after some bytes of the same read) instead of consuming the
+ * outcome, or GNUTLS_E_TIMEDOUT where GnuTLS's timeout ran out (the
+ * application's pull_timeout said so, or a pull outlasted the time left;
+ * GnuTLS drops that pull's bytes then, and so does the shim). */
+static bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 {
 	enum rg_want want = s->want;
 	size_t len = s->want_len;
@@ -452,18 +469,24 @@ static bool rg_wait_for_input(struct rg_session *s)
 	rg_session_lock(s, __func__);
 	s->reader_active = false;
 	rg_session_broadcast(s);
+	bool timed_out = want == RG_WANT_WAIT ? o.last == 0
+			 : s->deadline_ns != 0 && rg_monotonic_ns() >= s->deadline_ns;
+	if (timed_out) {
+		*ret = GNUTLS_E_TIMEDOUT;
+		return true;
+	}
 	if (o.got > 0) {
 		s->in_len = o.got;
 		s->in_off = 0;
 	} else if (continues && (o.last == 0 || (o.last < 0 && (o.err == EAGAIN ||
 			o.err == EWOULDBLOCK || o.err == EINTR)))) {
-		return true;   /* GnuTLS's loop ends a partial read here: AGAIN */
+		return true;   /* *ret is the real call's GNUTLS_E_AGAIN */
 	}
 	if (o.last < 0) {
 		s->in_result = want == RG_WANT_READ ? RG_IN_READ_ERROR : RG_IN_WAIT_ERROR;
 		s->in_errno = o.err;
 	} else if (o.last == 0) {
-		s->in_result = want == RG_WANT_READ ? RG_IN_EOF : RG_IN_TIMEDOUT;
+		s->in_result = RG_IN_EOF;
 	} else if (!read_bytes) {
 		s->in_result = RG_IN_READABLE;
 		s->in_wait_ret = want == RG_WANT_READ ? 1 : (int)o.last;
@@ -543,9 +566,6 @@ static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 	case RG_IN_READABLE:
 		s->in_result = RG_IN_NONE;
 		return s->in_wait_ret;
-	case RG_IN_TIMEDOUT:
-		s->in_result = RG_IN_NONE;
-		return 0;
 	case RG_IN_WAIT_ERROR:
 		s->in_result = RG_IN_NONE;
 		s->cb_errno = errno = s->in_errno;
@@ -560,8 +580,21 @@ static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 			return r;
 		}
 	}
+	/* GnuTLS's timeout covers the whole read (buffers.c decrements it
+	 * after each pull); across the shim's retries it is a deadline. */
+	unsigned wait_ms = ms;
+	if (ms != GNUTLS_INDEFINITE_TIMEOUT) {
+		uint64_t now = rg_monotonic_ns();
+		if (s->deadline_ns == 0 || s->deadline_ns > now + (uint64_t)ms * 1000000u)
+			s->deadline_ns = now + (uint64_t)ms * 1000000u;
+		uint64_t left_ms = s->deadline_ns > now ? (s->deadline_ns - now) / 1000000u : 0;
+		if (left_ms == 0)
+			return 0;
+		if (left_ms < wait_ms)
+			wait_ms = (unsigned)left_ms;
+	}
 	s->want = RG_WANT_WAIT;
-	s->want_ms = ms;
+	s->want_ms = wait_ms;
 	return (int)rg_report_again(s);
 }
 
@@ -594,6 +627,7 @@ static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, i
 		done = n > 0 ? (size_t)n : 0;
 	}
 	rg_queue_put(s, reserved, iov, count, done);
+	s->out_pushed += total;
 	return (ssize_t)total;
 }
 
@@ -671,6 +705,31 @@ static void rg_notice_tls13(struct rg_session *s, struct rg_call *call, ssize_t 
 		       rg_mode_name(rg_config_get()->mode));
 }
 
+/* A record gnutls_record_uncork sent (a nested gnutls_record_send). */
+static void rg_uncork_note(struct rg_session *s, ssize_t size)
+{
+	if (s->uncork_count < RG_UNCORK_RECORDS) {
+		s->uncork_records[s->uncork_count].end = s->out_pushed;
+		s->uncork_records[s->uncork_count].size = size;
+	}
+	if (s->uncork_count <= RG_UNCORK_RECORDS)
+		s->uncork_count++;
+}
+
+/* What GnuTLS's uncork retry returns: the sizes of the records completed
+ * by this retry (record.c gnutls_record_uncork restarts its total). */
+static ssize_t rg_uncork_retry_result(struct rg_session *s, uint64_t written_before,
+				      ssize_t whole)
+{
+	if (s->uncork_count > RG_UNCORK_RECORDS)
+		return whole;
+	ssize_t total = 0;
+	for (unsigned i = 0; i < s->uncork_count; i++)
+		if (s->uncork_records[i].end > written_before)
+			total += s->uncork_records[i].size;
+	return total;
+}
+
 static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 {
 	struct rg_session *outer = rg_thread.current;
@@ -678,10 +737,12 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 
 	rg_session_lock(s, __func__);
 	s->direction_override = -1;
+	s->deadline_ns = 0;
 
 	/* The retry of a call that returned AGAIN/INTERRUPTED while its bytes
 	 * were queued: finish writing, then give the real call's result. */
 	if (s->owed_valid && s->owed_family == call->family) {
+		uint64_t written_before = s->out_pushed - (s->out_queued - s->out_flushed);
 		int fr = rg_flush_until(s, s->owed_mark);
 		if (fr < 0) {
 			ret = fr;
@@ -691,9 +752,13 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		s->owed_valid = false;
 		if (s->owed_complete) {
 			ret = s->owed_result;
+			if (call->family == RG_FAMILY_UNCORK)
+				ret = rg_uncork_retry_result(s, written_before, ret);
 			goto out;
 		}
 	}
+	if (call->family == RG_FAMILY_UNCORK)
+		s->uncork_count = 0;
 
 	if (s->push_dead_errno != 0 && call->family == RG_FAMILY_SEND) {
 		/* GnuTLS refuses sends once a push failed for good
@@ -707,6 +772,7 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		s->want = RG_WANT_NONE;
 		s->pull_end = NULL;
 		s->timeout_seen = false;
+		s->call_family = call->family;
 		rg_thread.current = s;
 		ret = call->invoke(call);
 		rg_thread.current = outer;
@@ -727,7 +793,7 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 				break;
 			}
 		}
-		if (!wants_input || rg_wait_for_input(s))
+		if (!wants_input || rg_wait_for_input(s, &ret))
 			break;
 	}
 	if (!s->proto_checked)
@@ -743,8 +809,20 @@ static ssize_t rg_guard_dispatch(struct rg_call *call)
 	if (!rg_guarding())
 		return call->invoke(call);
 	struct rg_session *current = rg_thread.current;
-	if (current != NULL && current->session == call->session)
-		return call->invoke(call);   /* GnuTLS calling itself */
+	if (current != NULL && current->session == call->session) {
+		/* GnuTLS calling itself. Uncork's sends are counted once
+		 * (gnutls_record_send calls gnutls_record_send2 in turn). */
+		bool note = call->family == RG_FAMILY_SEND &&
+			    current->call_family == RG_FAMILY_UNCORK && !current->uncork_sending;
+		current->uncork_sending |= note;
+		ssize_t ret = call->invoke(call);
+		if (note) {
+			current->uncork_sending = false;
+			if (ret > 0)
+				rg_uncork_note(current, ret);
+		}
+		return ret;
+	}
 	struct rg_session *s = rg_registry_lookup_ref(call->session);
 	if (s == NULL)
 		return call->invoke(call);   /* DTLS, or created before we were */
