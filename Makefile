@@ -68,9 +68,11 @@ install: $(LIB)
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
 	sed 's|@LIBDIR@|$(LIBDIR)|' run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	chmod 0755 $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+	install -m 0755 rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-status
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim \
+	    $(DESTDIR)$(BINDIR)/rekeyguard-status
 
 clean:
 	rm -f $(LIB) $(TEST_PROGS) tests/*.o

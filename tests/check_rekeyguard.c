@@ -1039,6 +1039,23 @@ END_TEST
 
 /* ================================================================= suite */
 
+/* rekeyguard-status against real processes (tests/status-test.sh starts
+ * them: plain, preloaded, a preload that cannot load, MODE=off). */
+START_TEST(test_status_tool)
+{
+	char script[PATH_MAX + 32];
+	snprintf(script, sizeof script, "%s/status-test.sh", tests_dir);
+	const char *const argv[] = { script, NULL };
+	struct run r;
+
+	run_prog(&r, argv, 0, NULL, 90);
+	say("  [status] %s in %.1f s", how_ended(&r), r.secs);
+	show_tail("status-test", r.out, 40);
+	ck_assert_msg(r.exited && r.code == 0, "%s: %s\n%s", r.cmd, how_ended(&r), r.out);
+	run_free(&r);
+}
+END_TEST
+
 static Suite *rekeyguard_suite(void)
 {
 	Suite *s = suite_create("rekeyguard");
@@ -1092,6 +1109,11 @@ static Suite *rekeyguard_suite(void)
 	tcase_set_timeout(tc, 150);
 	tcase_add_loop_test(tc, test_bad_config, 0, N_BAD_CONFIGS);
 	tcase_add_test(tc, test_bad_config_still_guards);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("status");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_status_tool);
 	suite_add_tcase(s, tc);
 	return s;
 }

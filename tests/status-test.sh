@@ -1,0 +1,48 @@
+#!/bin/bash
+# status-test.sh — rekeyguard-status against real processes: one plain, one
+# preloaded, one whose LD_PRELOAD names the library but cannot load it (as
+# in secure-execution mode), one preloaded with REKEYGUARD_MODE=off.
+# Prints what it checked; exits non-zero on the first mismatch.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+lib="$(pwd)/librekeyguard.so"
+status=./rekeyguard-status
+prog=tests/rg-scenario
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+
+start() {   # start ENV... ; sets $started to the PID
+    env "$@" "$prog" qemu-shape --seconds 20 --timeout 30 >/dev/null 2>&1 &
+    started=$!
+    pids+=("$started")
+}
+fail() { echo "status-test: FAIL: $*"; exit 1; }
+
+start LD_PRELOAD=;                                   plain=$started
+start LD_PRELOAD="$lib";                             guarded=$started
+start LD_PRELOAD=/nonexistent/librekeyguard.so;      trap_pid=$started
+start LD_PRELOAD="$lib" REKEYGUARD_MODE=off;         off=$started
+sleep 1   # let each map libgnutls and start its sessions
+
+check() {   # check PID EXPECTED-STATE [TEXT]
+    out=$("$status" "$1"); rc=$?
+    echo "$out" | sed 's/^/    /'
+    echo "$out" | head -n 1 | grep -q ": $2\$" || fail "pid $1: expected state $2"
+    [ -z "${3:-}" ] || echo "$out" | grep -q "$3" || fail "pid $1: expected '$3' in the report"
+    case $2 in protected|not-affected) [ "$rc" = 0 ] ;; *) [ "$rc" = 1 ] ;; esac ||
+        fail "pid $1: exit status $rc for state $2"
+}
+check "$plain" unprotected "restart it with LD_PRELOAD"
+check "$guarded" protected "library: $lib"
+check "$trap_pid" unprotected "secure-execution mode"
+check "$off" unprotected "REKEYGUARD_MODE=off"
+check $$ not-affected
+
+json=$("$status" --json "$guarded" "$plain"); rc=$?
+[ "$rc" = 1 ] || fail "--json with an unprotected process: exit $rc"
+echo "$json" | grep -q "\"pid\": $guarded, .*\"state\": \"protected\"" || fail "--json: guarded entry"
+echo "$json" | grep -q "\"pid\": $plain, .*\"state\": \"unprotected\"" || fail "--json: plain entry"
+[ "$(echo "$json" | head -c 1)" = "[" ] && [ "$(echo "$json" | tail -n 1)" = "]" ] || fail "--json: not an array"
+"$status" 999999999 >/dev/null 2>&1; [ $? = 2 ] || fail "a missing PID must exit 2"
+"$status" --bogus >/dev/null 2>&1; [ $? = 2 ] || fail "an unknown option must exit 2"
+echo "status-test: all checks passed"
