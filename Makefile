@@ -18,7 +18,8 @@ MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -
 LIBDIR  ?= $(PREFIX)/lib/$(MULTIARCH)
 BINDIR  ?= $(PREFIX)/bin
 
-SHIM_SRCS = shim/interpose.c shim/registry.c shim/transport.c shim/config.c shim/provoke.c
+SHIM_SRCS = shim/interpose.c shim/registry.c shim/transport.c shim/config.c shim/provoke.c \
+            shim/inject.c
 SHIM_HDRS = shim/rekeyguard.h
 LIB       = librekeyguard.so
 
@@ -36,7 +37,7 @@ all: $(LIB)
 
 $(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
 	$(CC) $(SHIM_CFLAGS) -shared -Wl,--version-script=shim/exports.map \
-	    -Wl,-z,now -Wl,-z,relro -o $@ $(SHIM_SRCS) -ldl -pthread
+	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -o $@ $(SHIM_SRCS) -ldl -pthread
 
 deps-build:
 	@tests/ensure-deps.sh $(DEPS_BUILD)

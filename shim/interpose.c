@@ -80,11 +80,23 @@ static const struct rg_symbol {
 	RG_SYM(gnutls_protocol_get_version, true),
 };
 
-/* Binds one symbol; false if it is missing or resolves back to us. */
+size_t rg_symbol_count(void)
+{
+	return sizeof rg_symbols / sizeof rg_symbols[0];
+}
+
+const char *rg_symbol_name(size_t i)
+{
+	return rg_symbols[i].name;
+}
+
+/* Binds one symbol; false if it is missing or resolves back to us.
+ * Preloaded, the next definition after this library is GnuTLS's; injected
+ * (dlopen'ed with its own local scope), GnuTLS's is the global one. */
 static bool rg_bind_symbol(const struct rg_symbol *sym, const Dl_info *self)
 {
 	void **slot = (void **)((char *)&rg_real + sym->offset);
-	void *found = dlsym(RTLD_NEXT, sym->name);
+	void *found = dlsym(rg_inject_mode() ? RTLD_DEFAULT : RTLD_NEXT, sym->name);
 	Dl_info info;
 	if (found != NULL && dladdr(found, &info) != 0 && info.dli_fbase == self->dli_fbase) {
 		rg_log(RG_LOG_ERROR, "%s resolves to rekeyguard itself; passing through",

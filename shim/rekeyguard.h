@@ -10,6 +10,7 @@
  *                application's blocking I/O with the session lock dropped
  *   config.c     environment parsing and logging
  *   provoke.c    forced key updates for validation (REKEYGUARD_PROVOKE_REKEY)
+ *   inject.c     late loading into a running process: GOT patching
  *
  * Lock order (the only locks the shim owns):
  *   1. registry stripe locks (registry.c, rg_stripe[]): guard bucket chains
@@ -115,6 +116,15 @@ extern struct rg_real_table rg_real;
 bool rg_guarding(void);
 /* "3.7.9" or "unknown". */
 const char *rg_gnutls_version(void);
+/* The interposed names (rg_symbols), for inject.c. */
+size_t rg_symbol_count(void);
+const char *rg_symbol_name(size_t i);
+
+/* ---- inject.c ----------------------------------------------------------- */
+
+/* True once rekeyguard_inject_activate ran: the library was dlopen()ed
+ * into a running process rather than preloaded. */
+bool rg_inject_mode(void);
 
 /* ---- registry.c ------------------------------------------------------ */
 
