@@ -24,6 +24,7 @@
  */
 #include "harness.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -71,6 +72,7 @@ static struct options {
 	double max_stall_ms;	/* qemu-shape: longest acceptable bulk gap */
 	unsigned timeout;	/* watchdog, seconds */
 	unsigned stall_secs;	/* no progress at all for this long: fail */
+	const char *late_load;	/* dlopen this shim and activate it first */
 	uint64_t seed;
 } opt;
 
@@ -108,6 +110,10 @@ static void usage(FILE *out)
 "                    (default 1000)\n"
 "  --stall-secs N    fail when no byte arrives anywhere for N s (default 10)\n"
 "  --timeout N       watchdog in seconds (default: a multiple of the run)\n"
+"  --late-load LIB    load the shim late, as rekeyguard-inject does: open a\n"
+"                    session, dlopen LIB, call rekeyguard_inject_activate,\n"
+"                    run the scenario, then check the older session still\n"
+"                    works and was never guarded\n"
 "  --help            this text\n"
 "\n"
 "The last line on stdout is \"RESULT <scenario> PASS|FAIL key=value ...\".\n"
@@ -146,7 +152,7 @@ static void parse_options(int argc, char **argv)
 {
 	enum { O_SECONDS = 256, O_SEED, O_QUICK, O_KU, O_NO_KU, O_FULL,
 	       O_REKEYS, O_CUSTOM, O_TCP, O_RECORD, O_MIB, O_MAX_STALL,
-	       O_STALL_SECS, O_TIMEOUT, O_HELP };
+	       O_STALL_SECS, O_TIMEOUT, O_LATE_LOAD, O_HELP };
 	static const struct option longopts[] = {
 		{ "seconds", required_argument, NULL, O_SECONDS },
 		{ "seed", required_argument, NULL, O_SEED },
@@ -162,6 +168,7 @@ static void parse_options(int argc, char **argv)
 		{ "max-stall-ms", required_argument, NULL, O_MAX_STALL },
 		{ "stall-secs", required_argument, NULL, O_STALL_SECS },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "late-load", required_argument, NULL, O_LATE_LOAD },
 		{ "help", no_argument, NULL, O_HELP },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -195,6 +202,7 @@ static void parse_options(int argc, char **argv)
 			rekeys_set = 1;
 			break;
 		case O_CUSTOM: opt.custom = 1; break;
+		case O_LATE_LOAD: opt.late_load = optarg; break;
 		case O_TCP: opt.tcp = 1; break;
 		case O_RECORD:
 			opt.record = parse_number("--record", optarg, 1, MAX_RECORD);
@@ -255,7 +263,7 @@ static void parse_options(int argc, char **argv)
 			opt.timeout = opt.full ? 300 * opt.rekeys : 60 + 5 * opt.rekeys;
 			break;
 		case SC_TINYBUF:
-			opt.timeout = 60 + 3 * opt.mib;
+			opt.timeout = 30 + opt.mib / 2;
 			break;
 		}
 	}
@@ -634,6 +642,7 @@ struct sender {
 	/* results */
 	uint64_t records;
 	double t_begin, t_end, max_gap;
+	double max_gap_at;		/* when the longest gap ended, from t_begin */
 };
 
 struct receiver {
@@ -709,8 +718,10 @@ static void *sender_thread(void *arg)
 		atomic_store(&sd->st->sent, off);
 		sd->records++;
 		now = rg_now();
-		if (now - last > sd->max_gap)
+		if (now - last > sd->max_gap) {
 			sd->max_gap = now - last;
+			sd->max_gap_at = now - sd->t_begin;
+		}
 		last = now;
 		if (sd->period_ms)
 			pause_ms(sd, sd->period_ms);
@@ -946,8 +957,9 @@ static int run_qemu_shape(void)
 	stall_ms = bulk.max_gap * 1000;
 	mbs = bulk.t_end > bulk.t_begin
 	      ? atomic_load(&streams[0].sent) / (bulk.t_end - bulk.t_begin) / 1e6 : 0;
-	add_result("throughput_mbs=%.1f max_stall_ms=%.1f record=%u small_msgs=%" PRIu64,
-		   mbs, stall_ms, opt.record, small.records);
+	add_result("throughput_mbs=%.1f max_stall_ms=%.1f max_stall_at=%.3f record=%u"
+		   " small_msgs=%" PRIu64, mbs, stall_ms, bulk.max_gap_at, opt.record,
+		   small.records);
 	if (stall_ms > opt.max_stall_ms) {
 		fail("bulk-stall", "max_stall_ms=%.1f>limit=%.0f", stall_ms,
 		     opt.max_stall_ms);
@@ -1338,12 +1350,62 @@ static int run_autorekey(void)
 			   " records_per_s=%.0f", rekeys[0], rekeys[1], recs,
 			   traffic_time > 0 ? recs / traffic_time : 0.0);
 	}
-	gnutls_deinit(sess[0]);
-	gnutls_deinit(sess[1]);
+	for (int i = 0; i < 2; i++) {
+		gnutls_deinit(sess[i]);
+		free(pipes[i].buf);
+		pthread_cond_destroy(&pipes[i].cond);
+		pthread_mutex_destroy(&pipes[i].lock);
+	}
 	return 0;
 }
 
 /* ------------------------------------------------------------- main */
+
+/* --late-load: the library arrives after a session exists, as when
+ * rekeyguard-inject loads it into a running QEMU. */
+struct late_load {
+	struct rg_pair before;      /* opened before the library came */
+	void *handle;
+	unsigned long (*guarded)(void);
+};
+
+static void late_load_echo(struct rg_pair *p, const char *when)
+{
+	char out[64] = "late-load", in[64];
+	ssize_t n = gnutls_record_send(p->client, out, sizeof out);
+	ssize_t m = n == (ssize_t)sizeof out ? gnutls_record_recv(p->server, in, sizeof in) : n;
+	if (m != (ssize_t)sizeof out || memcmp(in, out, sizeof out) != 0)
+		fail("late-load", "session opened before the library failed %s: %zd/%zd",
+		     when, n, m);
+}
+
+static void late_load_begin(struct late_load *l)
+{
+	if (rg_pair_fd(&l->before, 0, NULL) != 0)
+		fail("setup-error", "late-load: handshake of the earlier session");
+	late_load_echo(&l->before, "before loading");
+	l->handle = dlopen(opt.late_load, RTLD_NOW | RTLD_LOCAL);
+	if (l->handle == NULL)
+		fail("setup-error", "late-load: %s", dlerror());
+	long (*activate)(void) = (long (*)(void))dlsym(l->handle, "rekeyguard_inject_activate");
+	l->guarded = (unsigned long (*)(void))dlsym(l->handle, "rekeyguard_sessions_guarded");
+	if (activate == NULL || l->guarded == NULL)
+		fail("setup-error", "late-load: %s lacks the rekeyguard API", opt.late_load);
+	long slots = activate();
+	add_result("late_load_slots=%ld", slots);
+	if (slots <= 0)
+		fail("late-load", "rekeyguard_inject_activate patched %ld GOT slots", slots);
+}
+
+static void late_load_end(struct late_load *l)
+{
+	late_load_echo(&l->before, "after loading");
+	unsigned long guarded = l->guarded();
+	add_result("late_load_guarded=%lu", guarded);
+	if (guarded == 0)
+		fail("late-load", "no session was guarded after the late load");
+	rg_pair_close(&l->before);
+}
 
 int main(int argc, char **argv)
 {
@@ -1354,6 +1416,10 @@ int main(int argc, char **argv)
 	fprintf(stderr, "rg-scenario: %s, GnuTLS %s, shim %s, watchdog %u s\n",
 		opt.name, gnutls_check_version(NULL),
 		rg_shim_loaded() ? "loaded" : "not loaded", opt.timeout);
+
+	struct late_load late;
+	if (opt.late_load)
+		late_load_begin(&late);
 
 	switch (opt.id) {
 	case SC_DUPLEX:
@@ -1369,6 +1435,8 @@ int main(int argc, char **argv)
 		run_autorekey();
 		break;
 	}
+	if (opt.late_load)
+		late_load_end(&late);
 	rg_watchdog_cancel();
 	print_result(1);
 	gnutls_global_deinit();
