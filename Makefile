@@ -77,3 +77,4 @@ uninstall:
 
 clean:
 	rm -f $(LIB) $(TEST_PROGS) tests/*.o
+include tests/matrix/matrix.mk

@@ -1,0 +1,38 @@
+# tests/matrix/matrix.mk — GnuTLS version matrix (issue 5 item 5).
+# Included from the top Makefile:   include tests/matrix/matrix.mk
+#
+#   make matrix          host (Debian 12, GnuTLS 3.7.9) + Debian 13 (trixie,
+#                        3.8.9) + Debian sid (3.8.11+) chroots: guard-mode
+#                        scenarios and differential, auto-mode decision,
+#                        plain failure rate (MATRIX_RUNS per race scenario)
+#   make matrix-quick    the same with short runs (3 plain, 1 guarded)
+#   make matrix-chroots  only create (or reuse) the chroots
+#   make matrix-clean    delete the chroots and results
+#
+# Needs root: debootstrap, chroot and mounts.  Packages come only from
+# Debian's archive (MATRIX_MIRROR, default http://deb.debian.org/debian).
+# Chroots and results live in MATRIX_CACHE and are reused.
+
+MATRIX_DIR        := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+MATRIX_CACHE      ?= /var/cache/rekeyguard-matrix
+MATRIX_TARGETS    ?= host trixie sid
+MATRIX_RUNS       ?= 10
+MATRIX_GUARD_RUNS ?= 3
+export MATRIX_CACHE
+
+.PHONY: matrix matrix-quick matrix-chroots matrix-clean
+
+matrix:
+	$(MATRIX_DIR)/matrix.sh --runs $(MATRIX_RUNS) --guard-runs $(MATRIX_GUARD_RUNS) $(MATRIX_TARGETS)
+
+matrix-quick:
+	$(MATRIX_DIR)/matrix.sh --quick $(MATRIX_TARGETS)
+
+matrix-chroots:
+	@for t in $(filter-out host,$(MATRIX_TARGETS)); do \
+	    $(MATRIX_DIR)/chroot.sh create $$t || exit 1; done
+
+matrix-clean:
+	@for t in $(filter-out host,$(MATRIX_TARGETS)); do \
+	    $(MATRIX_DIR)/chroot.sh remove $$t; done
+	rm -rf $(MATRIX_CACHE)/results $(MATRIX_CACHE)/host-build
