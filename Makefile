@@ -77,4 +77,16 @@ uninstall:
 
 clean:
 	rm -f $(LIB) $(TEST_PROGS) tests/*.o
+# Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
+# loopback through run-qemu-with-shim.sh, with provoked key updates.
+.PHONY: qemu-smoke qemu-soak qemu-bench qemu-libvirt
+qemu-smoke: $(LIB)      # precopy+return-path and postcopy, guarded and unprotected
+	tests/qemu/smoke.sh
+qemu-soak: $(LIB)       # ~72 GB, past two automatic GnuTLS rekeys, 4-7 min
+	tests/qemu/smoke.sh --soak
+qemu-bench: $(LIB)      # migration throughput and CPU per GB, with and without
+	tests/qemu/smoke.sh --bench
+qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-driver start
+	tests/qemu/libvirt/test.sh
+
 include tests/matrix/matrix.mk

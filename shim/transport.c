@@ -812,6 +812,8 @@ static ssize_t rg_guard_dispatch(struct rg_call *call)
 	if (current != NULL && current->session == call->session) {
 		/* GnuTLS calling itself. Uncork's sends are counted once
 		 * (gnutls_record_send calls gnutls_record_send2 in turn). */
+		if (call->family == RG_FAMILY_KEY_UPDATE && current->call_family == RG_FAMILY_SEND)
+			rg_log(RG_LOG_DEBUG, "automatic key update inside a send (2^24 records)");
 		bool note = call->family == RG_FAMILY_SEND &&
 			    current->call_family == RG_FAMILY_UNCORK && !current->uncork_sending;
 		current->uncork_sending |= note;
