@@ -47,6 +47,23 @@ static int rg_config_match(const char *value, const char *const *names, int coun
 	return -1;
 }
 
+/* At most 40 bytes of value, control bytes as \\xNN, "..." if cut. */
+static const char *rg_config_shown(const char *value, char *out, size_t n)
+{
+	size_t o = 0, i;
+	for (i = 0; value[i] != '\0' && i < 40 && o + 5 < n; i++) {
+		unsigned char c = (unsigned char)value[i];
+		if (c < 0x20 || c == 0x7f)
+			o += (size_t)snprintf(out + o, n - o, "\\x%02x", c);
+		else
+			out[o++] = (char)c;
+	}
+	out[o] = '\0';
+	if (value[i] != '\0' && o + 4 < n)
+		strcat(out, "...");
+	return out;
+}
+
 /* Reads one enumerated variable; reports a bad value once. */
 static int rg_config_enum(const char *var, const char *const *names, int count,
 			  int fallback)
@@ -65,8 +82,9 @@ static int rg_config_enum(const char *var, const char *const *names, int count,
 			strcat(accepted, ", ");
 	}
 	/* Show at most 40 characters of a bad value. */
-	rg_log(RG_LOG_ERROR, "%s='%.40s%s' is not valid (accepted: %s); using %s",
-	       var, value, strlen(value) > 40 ? "..." : "", accepted, names[fallback]);
+	char shown[200];
+	rg_log(RG_LOG_ERROR, "%s='%s' is not valid (accepted: %s); using %s",
+	       var, rg_config_shown(value, shown, sizeof shown), accepted, names[fallback]);
 	return fallback;
 }
 
@@ -86,15 +104,17 @@ static void rg_config_provoke(void)
 		every = 0;
 	}
 	if (value[0] < '0' || value[0] > '9' || errno != 0 || every < 1 || every > (1u << 24)) {
-		rg_log(RG_LOG_ERROR, "REKEYGUARD_PROVOKE_REKEY='%.40s%s' is not valid "
+		char shown[200];
+		rg_log(RG_LOG_ERROR, "REKEYGUARD_PROVOKE_REKEY='%s' is not valid "
 		       "(accepted: a record count from 1 to 16777216, optionally "
-		       "followed by :peer); using none", value, strlen(value) > 40 ? "..." : "");
+		       "followed by :peer); using none", rg_config_shown(value, shown, sizeof shown));
 		return;
 	}
 	rg_config_value.provoke_every = every;
 	rg_config_value.provoke_peer = peer;
-	rg_log(RG_LOG_WARN, "REKEYGUARD_PROVOKE_REKEY=%s: forcing a TLS 1.3 key update "
-	       "every %llu records sent (validation only, not for production)", value, every);
+	rg_log(RG_LOG_WARN, "REKEYGUARD_PROVOKE_REKEY=%llu%s: forcing a TLS 1.3 key update "
+	       "every %llu records sent (validation only, not for production)", every,
+	       peer ? ":peer" : "", every);
 }
 
 static void rg_config_parse(void)

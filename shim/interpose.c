@@ -97,6 +97,15 @@ static bool rg_bind_symbol(const struct rg_symbol *sym, const Dl_info *self)
 {
 	void **slot = (void **)((char *)&rg_real + sym->offset);
 	void *found = dlsym(rg_inject_mode() ? RTLD_DEFAULT : RTLD_NEXT, sym->name);
+	if (found == NULL) {
+		/* GnuTLS loaded with RTLD_LOCAL (a dlopen'ed plugin): not in the
+		 * global scope, but loaded; never load it ourselves. */
+		void *h = dlopen("libgnutls.so.30", RTLD_LAZY | RTLD_NOLOAD);
+		if (h != NULL) {
+			found = dlsym(h, sym->name);
+			dlclose(h);
+		}
+	}
 	Dl_info info;
 	if (found != NULL && dladdr(found, &info) != 0 && info.dli_fbase == self->dli_fbase) {
 		rg_log(RG_LOG_ERROR, "%s resolves to rekeyguard itself; passing through",
@@ -249,12 +258,17 @@ RG_GUARDED_1(int, gnutls_heartbeat_pong, RG_FAMILY_HEARTBEAT, unsigned int, flag
 
 /* ---- short calls: lock, real call, unlock ------------------------------ */
 
+/* Set while the real gnutls_init runs on this thread: GnuTLS sets its
+ * default transport through the exported setters, which must reach GnuTLS
+ * even if a stale entry exists for the address being handed out. */
+static __thread bool rg_in_init __attribute__((tls_model("initial-exec")));
+
 /* The entry of a guarded session, referenced and locked; NULL when the
- * call should go straight to GnuTLS (not guarded, or GnuTLS calling
- * itself with the lock already held by this thread). */
+ * call should go straight to GnuTLS (not guarded, inside gnutls_init, or
+ * GnuTLS calling itself with the lock already held by this thread). */
 static struct rg_session *rg_short_begin(gnutls_session_t session)
 {
-	if (!rg_guarding())
+	if (!rg_guarding() || rg_in_init)
 		return NULL;
 	struct rg_session *current = rg_transport_current();
 	if (current != NULL && current->session == session)
@@ -273,6 +287,8 @@ static void rg_short_end(struct rg_session *s)
 
 static size_t real_gnutls_record_check_pending(gnutls_session_t session)
 {
+	if (rg_real.gnutls_record_check_pending.fn == NULL)
+		return 0;
 	return rg_real.gnutls_record_check_pending.fn(session);
 }
 
@@ -293,6 +309,8 @@ RG_EXPORT size_t gnutls_record_check_pending(gnutls_session_t session)
 
 static int real_gnutls_record_get_direction(gnutls_session_t session)
 {
+	if (rg_real.gnutls_record_get_direction.fn == NULL)
+		return 0;
 	return rg_real.gnutls_record_get_direction.fn(session);
 }
 
@@ -350,9 +368,15 @@ static int real_gnutls_init(gnutls_session_t *session, unsigned int flags)
 static int guard_gnutls_init(gnutls_session_t *session, unsigned int flags)
 {
 	bool guard = rg_guarding();
+	rg_in_init = true;
 	int ret = real_gnutls_init(session, flags);
+	rg_in_init = false;
+	if (ret < 0 || !guard)
+		return ret;
+	/* An address handed out again always starts fresh. */
+	rg_registry_drop_stale(*session);
 	/* DTLS has no TLS 1.3 key update in GnuTLS: left alone. */
-	if (ret < 0 || !guard || (flags & GNUTLS_DATAGRAM))
+	if (flags & GNUTLS_DATAGRAM)
 		return ret;
 	struct rg_session *s = rg_registry_create(*session, flags);
 	if (s == NULL) {
@@ -392,7 +416,10 @@ static void guard_gnutls_deinit(gnutls_session_t session)
 	s->dying = true;
 	while (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 0)
 		rg_session_wait(s, __func__);
-	real_gnutls_deinit(session);
+	/* A session forked mid-call: its GnuTLS state is half updated (freeing
+	 * it could free memory twice); only the entry goes. */
+	if (!s->poisoned)
+		real_gnutls_deinit(session);
 	rg_session_unlock(s, __func__);
 	rg_registry_destroy(s);
 }
@@ -410,7 +437,8 @@ RG_EXPORT void gnutls_deinit(gnutls_session_t session)
 #define RG_SETTER(name, PARAMS, ARGS, RECORD)                                      \
 	static void real_##name(gnutls_session_t session RG_UNPAREN PARAMS)        \
 	{                                                                          \
-		rg_real.name.fn(session RG_UNPAREN ARGS);                          \
+		if (rg_real.name.fn != NULL)                                       \
+			rg_real.name.fn(session RG_UNPAREN ARGS);                  \
 	}                                                                          \
 	static void guard_##name(gnutls_session_t session RG_UNPAREN PARAMS)       \
 	{                                                                          \
@@ -453,6 +481,8 @@ RG_SETTER(gnutls_transport_set_errno_function, (, gnutls_errno_func errno_func),
 
 static gnutls_transport_ptr_t real_gnutls_transport_get_ptr(gnutls_session_t session)
 {
+	if (rg_real.gnutls_transport_get_ptr.fn == NULL)
+		return NULL;
 	return rg_real.gnutls_transport_get_ptr.fn(session);
 }
 
@@ -475,7 +505,10 @@ static void real_gnutls_transport_get_ptr2(gnutls_session_t session,
 					   gnutls_transport_ptr_t *recv_ptr,
 					   gnutls_transport_ptr_t *send_ptr)
 {
-	rg_real.gnutls_transport_get_ptr2.fn(session, recv_ptr, send_ptr);
+	if (rg_real.gnutls_transport_get_ptr2.fn != NULL)
+		rg_real.gnutls_transport_get_ptr2.fn(session, recv_ptr, send_ptr);
+	else
+		*recv_ptr = *send_ptr = NULL;
 }
 
 static void guard_gnutls_transport_get_ptr2(gnutls_session_t session,
@@ -514,7 +547,8 @@ RG_EXPORT void gnutls_transport_get_int2(gnutls_session_t session, int *recv_fd,
 
 static void real_gnutls_transport_set_errno(gnutls_session_t session, int err)
 {
-	rg_real.gnutls_transport_set_errno.fn(session, err);
+	if (rg_real.gnutls_transport_set_errno.fn != NULL)
+		rg_real.gnutls_transport_set_errno.fn(session, err);
 }
 
 static void guard_gnutls_transport_set_errno(gnutls_session_t session, int err)

@@ -125,12 +125,22 @@ static void rg_registry_init(void)
 }
 
 /* In a forked child, an entry's lock may be held by a thread that does
- * not exist there: start it afresh. Called under the stripe lock. */
+ * not exist there: start it afresh. If it was held, a real GnuTLS call was
+ * half done on that session and its state cannot be trusted: the child may
+ * not use it (poisoned). Sessions whose threads waited outside the lock
+ * are consistent and stay usable. Called under the stripe lock. */
 static void rg_session_after_fork(struct rg_session *s)
 {
 	unsigned gen = __atomic_load_n(&rg_fork_generation, __ATOMIC_RELAXED);
 	if (s->generation == gen)
 		return;
+	if (pthread_mutex_trylock(&s->lock) == 0) {
+		pthread_mutex_unlock(&s->lock);
+	} else {
+		s->poisoned = true;
+		rg_log(RG_LOG_WARN, "a TLS session was inside a GnuTLS call in another thread "
+		       "when the process forked; this child cannot use it");
+	}
 	rg_session_locks_init(s);
 	s->refs = 0;
 	s->reader_active = false;
@@ -144,14 +154,6 @@ static void rg_session_after_fork(struct rg_session *s)
 struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_flags)
 {
 	pthread_once(&rg_registry_once, rg_registry_init);
-
-	/* A stale entry for a reused address (its deinit went unseen). */
-	struct rg_session *stale = rg_registry_remove(session);
-	if (stale != NULL) {
-		rg_log(RG_LOG_DEBUG, "dropping a stale entry for a reused session address");
-		if (__atomic_load_n(&stale->refs, __ATOMIC_ACQUIRE) == 0)
-			rg_registry_destroy(stale);
-	}
 
 	struct rg_session *s = calloc(1, sizeof *s);
 	if (s == NULL)
@@ -170,6 +172,17 @@ struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_fl
 	rg_bucket[b] = s;
 	pthread_mutex_unlock(rg_stripe_of(b));
 	return s;
+}
+
+void rg_registry_drop_stale(gnutls_session_t session)
+{
+	/* Its gnutls_deinit went unseen (called through a handle, say). */
+	struct rg_session *stale = rg_registry_remove(session);
+	if (stale == NULL)
+		return;
+	rg_log(RG_LOG_DEBUG, "dropping a stale entry for a reused session address");
+	if (__atomic_load_n(&stale->refs, __ATOMIC_ACQUIRE) == 0)
+		rg_registry_destroy(stale);
 }
 
 struct rg_session *rg_registry_lookup_ref(gnutls_session_t session)

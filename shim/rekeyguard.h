@@ -175,6 +175,7 @@ struct rg_session {
 	bool managed;                 /* the shim's callbacks are installed */
 	bool no_signal;               /* GNUTLS_NO_SIGNAL: MSG_NOSIGNAL on sendmsg */
 	bool proto_checked;           /* TLS version looked at for the notice */
+	bool poisoned;                /* forked mid-call: unusable in this child */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;          /* reader/flusher hand-over, deinit */
@@ -233,6 +234,8 @@ struct rg_session {
 };
 
 struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_flags);
+/* Drops the entry of an address gnutls_init hands out again. */
+void rg_registry_drop_stale(gnutls_session_t session);
 /* Looks up the entry and takes a reference (a call in flight). NULL for
  * sessions the shim does not guard. */
 struct rg_session *rg_registry_lookup_ref(gnutls_session_t session);

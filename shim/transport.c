@@ -204,11 +204,14 @@ static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
 	return c;
 }
 
-/* Keeps one chunk of the usual size for the next record. */
+/* Keeps one chunk of the usual size for the next record when the
+ * application has its own push (every record goes through the queue);
+ * the default transport writes most records directly and keeps nothing. */
 static void rg_chunk_put(struct rg_session *s, struct rg_chunk *c)
 {
 	c->next = NULL;
-	if (s->out_spare == NULL && c->cap == RG_CHUNK_SIZE)
+	bool custom_push = s->app_push != NULL || s->app_vec_push != NULL;
+	if (custom_push && s->out_spare == NULL && c->cap == RG_CHUNK_SIZE)
 		s->out_spare = c;
 	else
 		free(c);
@@ -222,15 +225,28 @@ static void rg_chunk_put_list(struct rg_session *s, struct rg_chunk *list)
 	}
 }
 
-/* One empty chunk per non-empty buffer, reserved before any byte is
- * written so that running out of memory fails the push cleanly. */
-static struct rg_chunk *rg_queue_reserve(struct rg_session *s, const giovec_t *iov, int count)
+/* How many bytes of buffer i are still to be queued once the first
+ * `skip` bytes of the whole vector are written. */
+static size_t rg_iov_rest(const giovec_t *iov, int i, size_t skip)
+{
+	size_t before = rg_iov_total(iov, i);
+	size_t len = iov[i].iov_len;
+	if (skip <= before)
+		return len;
+	return skip - before >= len ? 0 : len - (skip - before);
+}
+
+/* One empty chunk per buffer with bytes left after `skip`, reserved before
+ * any of them is queued so that running out of memory fails cleanly. */
+static struct rg_chunk *rg_queue_reserve(struct rg_session *s, const giovec_t *iov, int count,
+					 size_t skip)
 {
 	struct rg_chunk *list = NULL;
 	for (int i = count - 1; i >= 0; i--) {
-		if (iov[i].iov_len == 0)
+		size_t rest = rg_iov_rest(iov, i, skip);
+		if (rest == 0)
 			continue;
-		struct rg_chunk *c = rg_chunk_get(s, iov[i].iov_len);
+		struct rg_chunk *c = rg_chunk_get(s, rest);
 		if (c == NULL) {
 			rg_chunk_put_list(s, list);
 			return (struct rg_chunk *)-1;
@@ -247,23 +263,17 @@ static void rg_queue_put(struct rg_session *s, struct rg_chunk *reserved,
 {
 	bool first = true;
 	for (int i = 0; i < count; i++) {
-		size_t len = iov[i].iov_len;
-		if (len == 0)
+		size_t rest = rg_iov_rest(iov, i, skip);
+		if (rest == 0)
 			continue;
 		struct rg_chunk *c = reserved;
 		reserved = c->next;
 		c->next = NULL;
-		if (skip >= len) {
-			skip -= len;
-			rg_chunk_put(s, c);
-			continue;
-		}
-		memcpy(c->data, (const unsigned char *)iov[i].iov_base + skip, len - skip);
-		c->len = len - skip;
+		memcpy(c->data, (const unsigned char *)iov[i].iov_base + iov[i].iov_len - rest, rest);
+		c->len = rest;
 		c->first = first;
 		first = false;
 		s->out_queued += c->len;
-		skip = 0;
 		if (s->out_tail != NULL)
 			s->out_tail->next = c;
 		else
@@ -436,6 +446,7 @@ static bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 	if (read_bytes && s->in_cap < room) {
 		unsigned char *buf = realloc(s->in_buf, room);
 		if (buf == NULL) {
+			rg_log(RG_LOG_ERROR, "out of memory staging %zu input bytes; the pull fails", room);
 			s->in_result = RG_IN_READ_ERROR;
 			s->in_errno = ENOMEM;
 			return false;
@@ -609,24 +620,31 @@ static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, i
 	}
 
 	size_t total = rg_iov_total(iov, count);
-	struct rg_chunk *reserved = rg_queue_reserve(s, iov, count);
-	if (reserved == (struct rg_chunk *)-1) {
-		rg_log(RG_LOG_ERROR, "out of memory queueing %zu bytes; the send fails", total);
-		s->cb_errno = errno = ENOMEM;
-		return -1;
-	}
 	size_t done = 0;
 	bool default_transport = s->app_push == NULL && s->app_vec_push == NULL;
 	if (default_transport && s->out_queued == s->out_flushed) {
 		ssize_t n = rg_app_push(s, iov, count, MSG_DONTWAIT);
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 			s->cb_errno = errno;
-			rg_chunk_put_list(s, reserved);
 			return -1;
 		}
 		done = n > 0 ? (size_t)n : 0;
 	}
-	rg_queue_put(s, reserved, iov, count, done);
+	if (done < total) {
+		struct rg_chunk *reserved = rg_queue_reserve(s, iov, count, done);
+		if (reserved == (struct rg_chunk *)-1) {
+			/* Out of memory: a short write (GnuTLS keeps the rest
+			 * and returns GNUTLS_E_AGAIN), or a failed push. */
+			rg_log(RG_LOG_ERROR, "out of memory queueing %zu bytes; %s", total - done,
+			       done > 0 ? "reporting a short write" : "the push fails");
+			s->out_pushed += done;
+			if (done > 0)
+				return (ssize_t)done;
+			s->cb_errno = errno = ENOMEM;
+			return -1;
+		}
+		rg_queue_put(s, reserved, iov, count, done);
+	}
 	s->out_pushed += total;
 	return (ssize_t)total;
 }
@@ -760,6 +778,10 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 	if (call->family == RG_FAMILY_UNCORK)
 		s->uncork_count = 0;
 
+	if (s->poisoned) {
+		ret = GNUTLS_E_INVALID_SESSION;
+		goto out;
+	}
 	if (s->push_dead_errno != 0 && call->family == RG_FAMILY_SEND) {
 		/* GnuTLS refuses sends once a push failed for good
 		 * (record.c may_not_write). */
