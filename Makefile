@@ -35,6 +35,8 @@ HARNESS     = tests/harness.c tests/harness.h
 
 all: $(LIB)
 
+include tests/hardening.mk
+
 $(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
 	$(CC) $(SHIM_CFLAGS) -shared -Wl,--version-script=shim/exports.map \
 	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -o $@ $(SHIM_SRCS) -ldl -pthread
@@ -60,9 +62,12 @@ demo: deps-build
 	@$(MAKE) -s --no-print-directory $(LIB) tests/rg-scenario
 	@tests/demo.sh
 
+# The scenarios, differential and configuration tests, then the hardening
+# suite at CI size (fork, churn, link modes, allocation failure, bad input).
 check: deps-check
-	@$(MAKE) -s --no-print-directory $(LIB) tests
+	@$(MAKE) -s --no-print-directory $(LIB) tests hardening-build
 	cd tests && ./check_rekeyguard
+	cd tests && ./check_hardening quick
 
 install: $(LIB)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
@@ -75,7 +80,7 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim \
 	    $(DESTDIR)$(BINDIR)/rekeyguard-status
 
-clean:
+clean: hardening-clean
 	rm -f $(LIB) $(TEST_PROGS) tests/*.o
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
