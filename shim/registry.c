@@ -227,12 +227,9 @@ struct rg_session *rg_registry_remove(gnutls_session_t session)
 
 void rg_registry_destroy(struct rg_session *s)
 {
-	struct rg_chunk *lists[] = { s->out_head, s->out_spare };
-	for (unsigned i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-		for (struct rg_chunk *c = lists[i], *next; c != NULL; c = next) {
-			next = c->next;
-			free(c);
-		}
+	for (struct rg_chunk *c = s->out_head, *next; c != NULL; c = next) {
+		next = c->next;
+		free(c);
 	}
 	free(s->in_buf);
 	pthread_mutex_destroy(&s->lock);

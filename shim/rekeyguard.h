@@ -208,7 +208,7 @@ struct rg_session {
 	size_t in_cap, in_len, in_off;
 
 	/* Outbound queue: every byte GnuTLS pushed, in order, until written. */
-	struct rg_chunk *out_head, *out_tail, *out_spare;
+	struct rg_chunk *out_head, *out_tail;
 	uint64_t out_queued, out_flushed;  /* byte counters, monotonic */
 	uint64_t out_pushed;          /* every byte GnuTLS pushed, monotonic */
 	bool flusher_active;

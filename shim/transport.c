@@ -187,11 +187,46 @@ static int rg_push_error(int err)
  * application's push the same buffers GnuTLS would have (its writev
  * emulation calls push once per buffer; short writes depend on it). */
 
+/* Each thread keeps one output chunk and one input buffer for its next
+ * call, so that buffers are held per thread, not per session: a process
+ * with 10,000 idle sessions holds 10,000 small entries and no buffers.
+ * Freed when the thread exits. */
+struct rg_buffer_cache {
+	struct rg_chunk *chunk;
+	unsigned char *input;
+	size_t input_cap;
+};
+static __thread struct rg_buffer_cache rg_cache;
+static pthread_key_t rg_cache_key;
+static pthread_once_t rg_cache_once = PTHREAD_ONCE_INIT;
+
+static void rg_cache_free(void *unused)
+{
+	(void)unused;
+	free(rg_cache.chunk);
+	free(rg_cache.input);
+	memset(&rg_cache, 0, sizeof rg_cache);
+}
+
+static void rg_cache_key_create(void)
+{
+	pthread_key_create(&rg_cache_key, rg_cache_free);
+}
+
+/* Arranges for this thread's cache to be freed when it exits. */
+static void rg_cache_register(void)
+{
+	pthread_once(&rg_cache_once, rg_cache_key_create);
+	if (pthread_getspecific(rg_cache_key) == NULL)
+		pthread_setspecific(rg_cache_key, &rg_cache);
+}
+
 static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
 {
-	struct rg_chunk *c = s->out_spare;
+	(void)s;
+	struct rg_chunk *c = rg_cache.chunk;
 	if (c != NULL && c->cap >= need) {
-		s->out_spare = NULL;
+		rg_cache.chunk = NULL;
 	} else {
 		size_t cap = need > RG_CHUNK_SIZE ? need : RG_CHUNK_SIZE;
 		c = malloc(sizeof *c + cap);
@@ -204,17 +239,52 @@ static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
 	return c;
 }
 
-/* Keeps one chunk of the usual size for the next record when the
- * application has its own push (every record goes through the queue);
- * the default transport writes most records directly and keeps nothing. */
 static void rg_chunk_put(struct rg_session *s, struct rg_chunk *c)
 {
+	(void)s;
 	c->next = NULL;
-	bool custom_push = s->app_push != NULL || s->app_vec_push != NULL;
-	if (custom_push && s->out_spare == NULL && c->cap == RG_CHUNK_SIZE)
-		s->out_spare = c;
-	else
+	if (rg_cache.chunk == NULL && c->cap == RG_CHUNK_SIZE) {
+		rg_cache.chunk = c;
+		rg_cache_register();
+	} else {
 		free(c);
+	}
+}
+
+/* The session's input staging buffer, at least `room` bytes; false when
+ * memory is exhausted. */
+static bool rg_input_acquire(struct rg_session *s, size_t room)
+{
+	if (s->in_buf == NULL && rg_cache.input != NULL && rg_cache.input_cap >= room) {
+		s->in_buf = rg_cache.input;
+		s->in_cap = rg_cache.input_cap;
+		rg_cache.input = NULL;
+		rg_cache.input_cap = 0;
+	}
+	if (s->in_cap >= room)
+		return true;
+	unsigned char *buf = realloc(s->in_buf, room);
+	if (buf == NULL)
+		return false;
+	s->in_buf = buf;
+	s->in_cap = room;
+	return true;
+}
+
+/* Gives the emptied staging buffer back to this thread's cache. */
+static void rg_input_release(struct rg_session *s)
+{
+	if (s->in_buf == NULL)
+		return;
+	if (rg_cache.input == NULL) {
+		rg_cache.input = s->in_buf;
+		rg_cache.input_cap = s->in_cap;
+		rg_cache_register();
+	} else {
+		free(s->in_buf);
+	}
+	s->in_buf = NULL;
+	s->in_cap = s->in_len = s->in_off = 0;
 }
 
 static void rg_chunk_put_list(struct rg_session *s, struct rg_chunk *list)
@@ -443,16 +513,11 @@ static bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 
 	bool read_bytes = want == RG_WANT_READ && s->app_pull != NULL;
 	size_t room = len == RG_TLS_HEADER ? RG_TLS_HEADER + RG_TLS_MAX_BODY : len;
-	if (read_bytes && s->in_cap < room) {
-		unsigned char *buf = realloc(s->in_buf, room);
-		if (buf == NULL) {
-			rg_log(RG_LOG_ERROR, "out of memory staging %zu input bytes; the pull fails", room);
-			s->in_result = RG_IN_READ_ERROR;
-			s->in_errno = ENOMEM;
-			return false;
-		}
-		s->in_buf = buf;
-		s->in_cap = room;
+	if (read_bytes && !rg_input_acquire(s, room)) {
+		rg_log(RG_LOG_ERROR, "out of memory staging %zu input bytes; the pull fails", room);
+		s->in_result = RG_IN_READ_ERROR;
+		s->in_errno = ENOMEM;
+		return false;
 	}
 	s->reader_active = true;
 	rg_session_unlock(s, __func__);
@@ -489,7 +554,10 @@ static bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 	if (o.got > 0) {
 		s->in_len = o.got;
 		s->in_off = 0;
-	} else if (continues && (o.last == 0 || (o.last < 0 && (o.err == EAGAIN ||
+	} else {
+		rg_input_release(s);
+	}
+	if (o.got == 0 && continues && (o.last == 0 || (o.last < 0 && (o.err == EAGAIN ||
 			o.err == EWOULDBLOCK || o.err == EINTR)))) {
 		return true;   /* *ret is the real call's GNUTLS_E_AGAIN */
 	}
@@ -535,7 +603,7 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 		memcpy(buf, s->in_buf + s->in_off, n);
 		s->in_off += n;
 		if (s->in_off == s->in_len)
-			s->in_off = s->in_len = 0;
+			rg_input_release(s);
 		return rg_pull_delivered(s, buf, len, (ssize_t)n);
 	}
 	enum rg_in_result staged = s->in_result;
