@@ -33,13 +33,13 @@ HARNESS     = tests/harness.c tests/harness.h
 
 .PHONY: all demo check tests deps-build deps-check install uninstall clean
 
-all: $(LIB)
+all: $(LIB) rekeyguard-inject
 
 include tests/hardening.mk
 
 $(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
 	$(CC) $(SHIM_CFLAGS) -shared -Wl,--version-script=shim/exports.map \
-	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -o $@ $(SHIM_SRCS) -ldl -pthread
+	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -Wl,-Bsymbolic-functions -o $@ $(SHIM_SRCS) -ldl -pthread
 
 deps-build:
 	@tests/ensure-deps.sh $(DEPS_BUILD)
@@ -55,8 +55,8 @@ tests/rg-scenario: tests/rg-scenario.c $(HARNESS)
 tests/rg-differential: tests/rg-differential.c $(HARNESS)
 	$(CC) $(TEST_CFLAGS) -o $@ tests/rg-differential.c tests/harness.c $(GNUTLS_LIBS) -ldl
 
-tests/check_rekeyguard: tests/check_rekeyguard.c
-	$(CC) $(TEST_CFLAGS) -o $@ tests/check_rekeyguard.c $(CHECK_LIBS)
+tests/check_rekeyguard: tests/check_rekeyguard.c tests/check-runner.c tests/check-runner.h
+	$(CC) $(TEST_CFLAGS) -o $@ tests/check_rekeyguard.c tests/check-runner.c $(CHECK_LIBS)
 
 demo: deps-build
 	@$(MAKE) -s --no-print-directory $(LIB) tests/rg-scenario
@@ -68,20 +68,22 @@ check: deps-check
 	@$(MAKE) -s --no-print-directory $(LIB) tests hardening-build
 	cd tests && ./check_rekeyguard
 	cd tests && ./check_hardening quick
+	@$(MAKE) -s --no-print-directory inject-check
 
-install: $(LIB)
+install: $(LIB) rekeyguard-inject
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
 	sed 's|@LIBDIR@|$(LIBDIR)|' run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	chmod 0755 $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	install -m 0755 rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-status
+	install -m 0755 rekeyguard-inject $(DESTDIR)$(BINDIR)/rekeyguard-inject
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim \
-	    $(DESTDIR)$(BINDIR)/rekeyguard-status
+	    $(DESTDIR)$(BINDIR)/rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-inject
 
 clean: hardening-clean
-	rm -f $(LIB) $(TEST_PROGS) tests/*.o
+	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject tools/rg-inject-target
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
 .PHONY: qemu-smoke qemu-soak qemu-bench qemu-libvirt
@@ -95,3 +97,4 @@ qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-d
 	tests/qemu/libvirt/test.sh
 
 include tests/matrix/matrix.mk
+include tools/inject.mk

@@ -248,6 +248,13 @@ RG_GUARDED_1(int, gnutls_alert_send_appropriate, RG_FAMILY_ALERT, int, err)
 /* Key changes and post-handshake messages. */
 RG_GUARDED_1(int, gnutls_session_key_update, RG_FAMILY_KEY_UPDATE, unsigned, flags)
 RG_GUARDED_2(int, gnutls_session_ticket_send, RG_FAMILY_TICKET, unsigned, nr, unsigned, flags)
+
+/* For provoke.c: the guarded key update, reached without the dynamic
+ * linker (when injected, the exported name would bind to GnuTLS). */
+int rg_guarded_key_update(gnutls_session_t session, unsigned flags)
+{
+	return guard_gnutls_session_key_update(session, flags);
+}
 /* TLS 1.3 clients may wait for a session ticket here. */
 RG_GUARDED_2(int, gnutls_session_get_data, RG_FAMILY_SESSION_DATA, void *, session_data,
 	     size_t *, session_data_size)

@@ -10,7 +10,7 @@
  * Invariants: only outermost sends count (GnuTLS calls its own send
  * functions); at most RG_PROVOKE_PER_SECOND key updates per session per
  * second (GnuTLS receivers reject more than 8 per second); only TLS 1.3
- * sessions; the key update is issued through the exported wrapper, so a
+ * sessions; the key update goes through the shim's own guard, so a
  * guarded session takes its lock as for any other call. Validation only,
  * never for production.
  */
@@ -55,7 +55,7 @@ static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
 		return;
 	slot->records = 0;
 	slot->last_ns = now;
-	int ret = gnutls_session_key_update(session, config->provoke_peer ? GNUTLS_KU_PEER : 0);
+	int ret = rg_guarded_key_update(session, config->provoke_peer ? GNUTLS_KU_PEER : 0);
 	rg_log(RG_LOG_DEBUG, "provoked key update: %d", ret);
 }
 

@@ -116,6 +116,8 @@ extern struct rg_real_table rg_real;
 bool rg_guarding(void);
 /* "3.7.9" or "unknown". */
 const char *rg_gnutls_version(void);
+/* The guarded gnutls_session_key_update, for provoke.c. */
+int rg_guarded_key_update(gnutls_session_t session, unsigned flags);
 /* The interposed names (rg_symbols), for inject.c. */
 size_t rg_symbol_count(void);
 const char *rg_symbol_name(size_t i);
