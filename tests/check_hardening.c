@@ -22,10 +22,10 @@
  *
  * Like check_rekeyguard, this program never links the shim or GnuTLS: it
  * runs tests/rg-hardening, tests/rg-linkcheck* and tests/rg-scenario as
- * children, once plain and once with LD_PRELOAD as users load the shim,
- * each with its own environment (ours minus LD_PRELOAD, REKEYGUARD_* and
- * RG_FAILMALLOC*, plus what the test sets) and a deadline after which its
- * process group is killed.
+ * children (through check-runner.c), once plain and once with LD_PRELOAD
+ * as users load the shim, each with its own environment (ours minus
+ * LD_PRELOAD, REKEYGUARD_* and RG_FAILMALLOC*, plus what the test sets)
+ * and a deadline after which its process group is killed.
  *
  * Environment:
  *   REKEYGUARD_LIB    the library (default ../librekeyguard.so, or
@@ -39,19 +39,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-extern char **environ;
+#include "check-runner.h"
 
 /* -------------------------------------------------------------- settings */
 
@@ -68,289 +63,27 @@ static char preload_shim[3 * PATH_MAX];	/* LD_PRELOAD value with the shim */
 static char preload_oom[3 * PATH_MAX];	/* ... with the shim and rg-failmalloc */
 static char supp_path[PATH_MAX + 32];
 
-/* ---------------------------------------------------------- child runner */
+/* ------------------------------------------------------ runner settings */
 
-struct run {
-	int exited, code, signaled, sig, timed_out;
-	char *out, *err;
-	size_t nout, nerr;
-	double secs;
-	char cmd[768];
+/* What a child does not inherit besides LD_PRELOAD and REKEYGUARD_*. */
+static const char *const drop_env[] = { "RG_FAILMALLOC", "ASAN_OPTIONS=", "UBSAN_OPTIONS=",
+	"LD_BIND_NOW=", NULL };
+
+/* The asan suite's sanitizer options, for every child. */
+static const char *const asan_env[] = {
+	"ASAN_OPTIONS=detect_leaks=1:exitcode=86:abort_on_error=0:"
+	"detect_stack_use_after_return=1:check_initialization_order=1",
+	"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=87",
+	NULL
 };
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
-static void runner_check(int ok, const char *what)
-{
-	if (ok)
-		return;
-	fprintf(stderr, "check_hardening: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
-
-static void append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-	if (*len + n + 1 > *cap) {
-		size_t c = *cap ? *cap : 65536;
-		while (*len + n + 1 > c)
-			c *= 2;
-		*buf = realloc(*buf, c);
-		runner_check(*buf != NULL, "realloc");
-		*cap = c;
-	}
-	memcpy(*buf + *len, data, n);
-	*len += n;
-	(*buf)[*len] = '\0';
-}
-
-static int env_dropped(const char *e)
-{
-	return !strncmp(e, "LD_PRELOAD=", 11) || !strncmp(e, "REKEYGUARD_", 11) ||
-	       !strncmp(e, "RG_FAILMALLOC", 13) || !strncmp(e, "ASAN_OPTIONS=", 13) ||
-	       !strncmp(e, "UBSAN_OPTIONS=", 14) || !strncmp(e, "LD_BIND_NOW=", 12);
-}
-
-/* Ours minus what env_dropped names, the sanitizer options of the asan
- * suite, LD_PRELOAD=preload if not NULL, then extra. */
-static char **child_env(const char *preload, const char *const *extra)
-{
-	size_t n = 0, k = 0;
-	char **env;
-	static char pre[3 * PATH_MAX + 16];
-
-	for (char **e = environ; *e; e++)
-		n++;
-	for (const char *const *x = extra; x && *x; x++)
-		n++;
-	env = calloc(n + 4, sizeof *env);
-	runner_check(env != NULL, "calloc");
-	for (char **e = environ; *e; e++)
-		if (!env_dropped(*e))
-			env[k++] = *e;
-	if (suite_kind == SUITE_ASAN) {
-		env[k++] = "ASAN_OPTIONS=detect_leaks=1:exitcode=86:abort_on_error=0:"
-			   "detect_stack_use_after_return=1:check_initialization_order=1";
-		env[k++] = "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=87";
-	}
-	if (preload) {
-		snprintf(pre, sizeof pre, "LD_PRELOAD=%s", preload);
-		env[k++] = pre;
-	}
-	for (const char *const *x = extra; x && *x; x++)
-		env[k++] = (char *)*x;
-	env[k] = NULL;
-	return env;
-}
-
-static void describe_cmd(struct run *r, const char *const *argv, const char *preload,
-			 const char *const *extra)
-{
-	size_t off = 0;
-
-	r->cmd[0] = '\0';
-	for (const char *const *x = extra; x && *x && off < sizeof r->cmd; x++) {
-		size_t l = strlen(*x);
-		off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off,
-					l > 60 ? "%.40s...(%zu chars) " : "%s ", *x, l);
-	}
-	if (preload && off < sizeof r->cmd)
-		off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off, "LD_PRELOAD=\"%s\" ",
-					preload);
-	for (const char *const *a = argv; *a && off < sizeof r->cmd; a++)
-		off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off, "%s%s",
-					a == argv ? "" : " ", *a);
-}
-
-static void run_prog(struct run *r, const char *const *argv, const char *preload,
-		     const char *const *extra, double deadline)
-{
-	int po[2], pe[2], status = 0;
-	size_t cap_out = 0, cap_err = 0;
-	char **env = child_env(preload, extra);
-	double t0 = now();
-	pid_t pid;
-
-	memset(r, 0, sizeof *r);
-	describe_cmd(r, argv, preload, extra);
-	append(&r->out, &r->nout, &cap_out, "", 0);
-	append(&r->err, &r->nerr, &cap_err, "", 0);
-	runner_check(pipe2(po, O_CLOEXEC) == 0 && pipe2(pe, O_CLOEXEC) == 0, "pipe");
-	fflush(stdout);
-	fflush(stderr);
-	pid = fork();
-	runner_check(pid >= 0, "fork");
-	if (pid == 0) {
-		int devnull = open("/dev/null", O_RDONLY);
-
-		setpgid(0, 0);
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (devnull >= 0)
-			dup2(devnull, 0);
-		dup2(po[1], 1);
-		dup2(pe[1], 2);
-		signal(SIGPIPE, SIG_DFL);
-		execvpe(argv[0], (char *const *)argv, env);
-		dprintf(2, "check_hardening: cannot run %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	free(env);
-	close(po[1]);
-	close(pe[1]);
-	{
-		struct pollfd pfd[2] = { { po[0], POLLIN, 0 }, { pe[0], POLLIN, 0 } };
-		int open_fds = 2;
-		char buf[65536];
-
-		while (open_fds > 0) {
-			double left = t0 + deadline - now();
-			int ms = left <= 0 ? 0 : (int)(left * 1000) + 1, n;
-
-			if (left <= 0 && !r->timed_out) {
-				r->timed_out = 1;
-				kill(-pid, SIGKILL);
-				kill(pid, SIGKILL);
-			}
-			n = poll(pfd, 2, r->timed_out ? 1000 : ms);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0 && r->timed_out)
-				break;
-			for (int i = 0; i < 2; i++) {
-				ssize_t got;
-
-				if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
-					continue;
-				got = read(pfd[i].fd, buf, sizeof buf);
-				if (got > 0) {
-					if (i == 0)
-						append(&r->out, &r->nout, &cap_out, buf, (size_t)got);
-					else
-						append(&r->err, &r->nerr, &cap_err, buf, (size_t)got);
-				} else if (got == 0 || errno != EINTR) {
-					close(pfd[i].fd);
-					pfd[i].fd = -1;
-					open_fds--;
-				}
-			}
-		}
-		for (int i = 0; i < 2; i++)
-			if (pfd[i].fd >= 0)
-				close(pfd[i].fd);
-	}
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	kill(-pid, SIGKILL);	/* grandchildren left behind by a failure */
-	r->secs = now() - t0;
-	if (WIFEXITED(status)) {
-		r->exited = 1;
-		r->code = WEXITSTATUS(status);
-	} else if (WIFSIGNALED(status)) {
-		r->signaled = 1;
-		r->sig = WTERMSIG(status);
-	}
-}
-
-static void run_free(struct run *r)
-{
-	free(r->out);
-	free(r->err);
-	r->out = r->err = NULL;
-}
-
-static const char *how_ended(const struct run *r)
-{
-	static char b[4][96];
-	static int slot;
-	char *p = b[slot++ & 3];
-
-	if (r->timed_out)
-		snprintf(p, 96, "TIMEOUT (killed after %.1f s)", r->secs);
-	else if (r->signaled)
-		snprintf(p, 96, "killed by SIG%s", sigabbrev_np(r->sig) ? sigabbrev_np(r->sig) : "?");
-	else
-		snprintf(p, 96, "exit %d", r->code);
-	return p;
-}
-
-static int last_line(const char *s, const char *prefix, char *buf, size_t n)
-{
-	const char *found = NULL;
-	size_t plen = strlen(prefix);
-
-	for (const char *l = s; l && *l; ) {
-		if (!strncmp(l, prefix, plen))
-			found = l;
-		l = strchr(l, '\n');
-		if (l)
-			l++;
-	}
-	if (!found) {
-		buf[0] = '\0';
-		return 0;
-	}
-	snprintf(buf, n, "%.*s", (int)strcspn(found, "\n"), found);
-	return 1;
-}
-
-static const char *kv(const char *line, const char *key, char *buf, size_t n)
-{
-	size_t kl = strlen(key);
-
-	buf[0] = '\0';
-	for (const char *p = line; (p = strstr(p, key)); p += kl) {
-		if ((p == line || p[-1] == ' ') && p[kl] == '=') {
-			snprintf(buf, n, "%.*s", (int)strcspn(p + kl + 1, " \n"), p + kl + 1);
-			break;
-		}
-	}
-	return buf;
-}
+/* ------------------------------------------------------- output helpers */
 
 static double kvd(const char *line, const char *key)
 {
 	char v[64];
 
 	return atof(kv(line, key, v, sizeof v));
-}
-
-/* Lines of s starting with prefix that contain every word of need[]. */
-static int count_lines(const char *s, const char *prefix, const char *const *need)
-{
-	int n = 0;
-	size_t plen = strlen(prefix);
-
-	for (const char *l = s; l && *l; ) {
-		const char *end = strchr(l, '\n');
-		size_t len = end ? (size_t)(end - l) : strlen(l);
-
-		if (len >= plen && !strncmp(l, prefix, plen)) {
-			int ok = 1;
-			for (const char *const *w = need; w && *w && ok; w++)
-				ok = memmem(l, len, *w, strlen(*w)) != NULL;
-			n += ok;
-		}
-		l = end ? end + 1 : NULL;
-	}
-	return n;
 }
 
 static int count_exact_lines(const char *s, const char *line)
@@ -368,28 +101,6 @@ static int count_exact_lines(const char *s, const char *line)
 	return n;
 }
 
-static void show_tail(const char *label, const char *text, size_t maxlines)
-{
-	const char *p = text + strlen(text);
-	size_t lines = 0;
-
-	while (p > text && lines <= maxlines) {
-		p--;
-		if (*p == '\n' && p[1])
-			lines++;
-	}
-	if (p > text)
-		p++;
-	if (!*p)
-		return;
-	say("    %s, last lines:", label);
-	while (*p) {
-		size_t n = strcspn(p, "\n");
-		say("    | %.*s", (int)(n > 300 ? 300 : n), p);
-		p += n + (p[n] == '\n');
-	}
-}
-
 /* A sanitizer report anywhere in a child's stderr. */
 static const char *sanitizer_report(const char *err)
 {
@@ -402,40 +113,6 @@ static const char *sanitizer_report(const char *err)
 }
 
 /* ----------------------------------------------------- running programs */
-
-struct prog {
-	struct run r;
-	char result[2048];
-	int pass;
-};
-
-static void prog_run(struct prog *p, const char *path, const char *const *args,
-		     const char *preload, const char *const *extra, double deadline)
-{
-	const char *argv[32];
-	int n = 0;
-
-	argv[n++] = path;
-	for (const char *const *a = args; a && *a && n < 31; a++)
-		argv[n++] = *a;
-	argv[n] = NULL;
-	run_prog(&p->r, argv, preload, extra, deadline);
-	last_line(p->r.out, "RESULT ", p->result, sizeof p->result);
-	p->pass = p->r.exited && p->r.code == 0 && strstr(p->result, " PASS") != NULL;
-}
-
-static void prog_report(const char *label, const struct prog *p)
-{
-	say("  [%s] %s in %.2f s: %s", label, how_ended(&p->r), p->r.secs,
-	    p->result[0] ? p->result : "(no RESULT line)");
-	if (!p->pass)
-		show_tail("stderr", p->r.err, 10);
-}
-
-static void prog_free(struct prog *p)
-{
-	run_free(&p->r);
-}
 
 static char hardening_path[PATH_MAX + 32], scenario_path[PATH_MAX + 32],
 	differential_path[PATH_MAX + 32];
@@ -1414,6 +1091,11 @@ int main(int argc, char **argv)
 	SRunner *sr;
 	int failed;
 
+	runner.name = "check_hardening";
+	runner.drop_env = drop_env;
+	runner.quote_preload = 1;
+	runner.kill_leftovers = 1;
+	runner.report_tail = 10;
 	if (argc > 1) {
 		if (!strcmp(argv[1], "quick"))
 			suite_kind = SUITE_QUICK;
@@ -1428,6 +1110,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (suite_kind == SUITE_ASAN)
+		runner.add_env = asan_env;
 	if (locate() != 0)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);

@@ -24,7 +24,7 @@
  * separately: to debug one, run the command line it prints, e.g.
  * `LD_PRELOAD=$PWD/../librekeyguard.so gdb --args ./rg-scenario duplex`).
  * With CK_FORK=no the tcase timeouts do not apply and the first failed
- * assertion ends the run; the per-child deadlines below still do.
+ * assertion ends the run; the per-child deadlines (check-runner.c) still do.
  *
  * Every tcase has a timeout, so a deadlock fails with the test's name, and
  * every child has a deadline after which it (and its process group) is
@@ -36,20 +36,14 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-extern char **environ;
+#include "check-runner.h"
 
 /* -------------------------------------------------------------- settings */
 
@@ -65,348 +59,17 @@ static char differential_path[PATH_MAX + 32];
 #define QEMU_MIN_RATIO		0.90
 #define QEMU_MAX_STALL_MS	1000.0
 
-/* ---------------------------------------------------------- child runner */
-
-struct run {
-	int exited, code;	/* normal exit and its status */
-	int signaled, sig;	/* killed by a signal */
-	int timed_out;		/* we killed it at the deadline */
-	char *out, *err;	/* NUL-terminated */
-	size_t nout, nerr;
-	double secs;
-	char cmd[512];		/* for messages: the command line */
-};
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
-/* For failures of the runner itself (fork, pipe, memory): usable inside
- * and outside tests; inside a test, Check reports the early exit. */
-static void runner_check(int ok, const char *what)
-{
-	if (ok)
-		return;
-	fprintf(stderr, "check_rekeyguard: %s: %s\n", what, strerror(errno));
-	fflush(stdout);
-	exit(2);
-}
-
-static void append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-	if (*len + n + 1 > *cap) {
-		size_t c = *cap ? *cap : 65536;
-		while (*len + n + 1 > c)
-			c *= 2;
-		*buf = realloc(*buf, c);
-		runner_check(*buf != NULL, "realloc");
-		*cap = c;
-	}
-	memcpy(*buf + *len, data, n);
-	*len += n;
-	(*buf)[*len] = '\0';
-}
-
-/* The child's environment: ours without LD_PRELOAD and REKEYGUARD_*, then
- * LD_PRELOAD=<lib> if preload, then extra ("NAME=value", NULL-terminated). */
-static char **child_env(int preload, const char *const *extra)
-{
-	size_t n = 0, k = 0;
-	char **env;
-
-	for (char **e = environ; *e; e++)
-		n++;
-	for (const char *const *x = extra; x && *x; x++)
-		n++;
-	env = calloc(n + 2, sizeof *env);
-	runner_check(env != NULL, "calloc");
-	for (char **e = environ; *e; e++) {
-		if (!strncmp(*e, "LD_PRELOAD=", 11) || !strncmp(*e, "REKEYGUARD_", 11))
-			continue;
-		env[k++] = *e;
-	}
-	if (preload) {
-		static char pre[PATH_MAX + 16];
-		snprintf(pre, sizeof pre, "LD_PRELOAD=%s", lib_path);
-		env[k++] = pre;
-	}
-	for (const char *const *x = extra; x && *x; x++)
-		env[k++] = (char *)*x;
-	env[k] = NULL;
-	return env;
-}
-
-static void describe_cmd(struct run *r, const char *const *argv, int preload,
-			 const char *const *extra)
-{
-	size_t off = 0;
-
-	r->cmd[0] = '\0';
-	for (const char *const *x = extra; x && *x; x++) {
-		size_t l = strlen(*x);
-		if (l > 60)	/* the 10000-character garbage value */
-			off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off,
-						"%.*s...(%zu chars) ", 40, *x, l);
-		else
-			off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off, "%s ", *x);
-		if (off >= sizeof r->cmd)
-			return;
-	}
-	if (preload)
-		off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off, "LD_PRELOAD=%s ",
-					lib_path);
-	for (const char *const *a = argv; *a && off < sizeof r->cmd; a++)
-		off += (size_t)snprintf(r->cmd + off, sizeof r->cmd - off, "%s%s",
-					a == argv ? "" : " ", *a);
-}
-
-/* Run argv (argv[0] a path or a name looked up in PATH) with stdin from
- * /dev/null, capture stdout and stderr, kill its process group after
- * `deadline` seconds. */
-static void run_prog(struct run *r, const char *const *argv, int preload,
-		     const char *const *extra, double deadline)
-{
-	int po[2], pe[2], status = 0;
-	size_t cap_out = 0, cap_err = 0;
-	char **env = child_env(preload, extra);
-	pid_t pid;
-	double t0 = now();
-
-	memset(r, 0, sizeof *r);
-	describe_cmd(r, argv, preload, extra);
-	append(&r->out, &r->nout, &cap_out, "", 0);
-	append(&r->err, &r->nerr, &cap_err, "", 0);
-	runner_check(pipe2(po, O_CLOEXEC) == 0 && pipe2(pe, O_CLOEXEC) == 0, "pipe");
-	fflush(stdout);
-	fflush(stderr);
-	pid = fork();
-	runner_check(pid >= 0, "fork");
-	if (pid == 0) {
-		int devnull = open("/dev/null", O_RDONLY);
-
-		setpgid(0, 0);
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (devnull >= 0)
-			dup2(devnull, 0);
-		dup2(po[1], 1);
-		dup2(pe[1], 2);
-		signal(SIGPIPE, SIG_DFL);
-		execvpe(argv[0], (char *const *)argv, env);
-		dprintf(2, "check_rekeyguard: cannot run %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	setpgid(pid, pid);	/* also here: no race with the kill below */
-	free(env);
-	close(po[1]);
-	close(pe[1]);
-
-	{
-		struct pollfd pfd[2] = { { po[0], POLLIN, 0 }, { pe[0], POLLIN, 0 } };
-		int open_fds = 2;
-		char buf[65536];
-
-		while (open_fds > 0) {
-			double left = t0 + deadline - now();
-			int ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
-			int n;
-
-			if (left <= 0 && !r->timed_out) {
-				r->timed_out = 1;
-				kill(-pid, SIGKILL);
-				kill(pid, SIGKILL);
-			}
-			n = poll(pfd, 2, r->timed_out ? 1000 : ms);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0 && r->timed_out)
-				break;	/* a grandchild keeps a pipe open */
-			for (int i = 0; i < 2; i++) {
-				ssize_t got;
-
-				if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
-					continue;
-				got = read(pfd[i].fd, buf, sizeof buf);
-				if (got > 0) {
-					if (i == 0)
-						append(&r->out, &r->nout, &cap_out, buf, (size_t)got);
-					else
-						append(&r->err, &r->nerr, &cap_err, buf, (size_t)got);
-				} else if (got == 0 || errno != EINTR) {
-					close(pfd[i].fd);
-					pfd[i].fd = -1;
-					open_fds--;
-				}
-			}
-		}
-		for (int i = 0; i < 2; i++)
-			if (pfd[i].fd >= 0)
-				close(pfd[i].fd);
-	}
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	r->secs = now() - t0;
-	if (WIFEXITED(status)) {
-		r->exited = 1;
-		r->code = WEXITSTATUS(status);
-	} else if (WIFSIGNALED(status)) {
-		r->signaled = 1;
-		r->sig = WTERMSIG(status);
-	}
-}
-
-static void run_free(struct run *r)
-{
-	free(r->out);
-	free(r->err);
-	r->out = r->err = NULL;
-}
-
-static const char *how_ended(const struct run *r)
-{
-	static char b[4][96];
-	static int slot;
-	char *p = b[slot++ & 3];
-
-	if (r->timed_out)
-		snprintf(p, 96, "TIMEOUT (killed after %.1f s)", r->secs);
-	else if (r->signaled)
-		snprintf(p, 96, "killed by SIG%s", sigabbrev_np(r->sig) ? sigabbrev_np(r->sig) : "?");
-	else
-		snprintf(p, 96, "exit %d", r->code);
-	return p;
-}
-
-/* The last line of s that starts with prefix, copied into buf. */
-static int last_line(const char *s, const char *prefix, char *buf, size_t n)
-{
-	const char *found = NULL;
-	size_t plen = strlen(prefix);
-
-	for (const char *l = s; l && *l; ) {
-		if (!strncmp(l, prefix, plen))
-			found = l;
-		l = strchr(l, '\n');
-		if (l)
-			l++;
-	}
-	if (!found) {
-		buf[0] = '\0';
-		return 0;
-	}
-	snprintf(buf, n, "%.*s", (int)strcspn(found, "\n"), found);
-	return 1;
-}
-
-/* value of " key=" in a RESULT line, "" if absent */
-static const char *kv(const char *line, const char *key, char *buf, size_t n)
-{
-	size_t kl = strlen(key);
-
-	buf[0] = '\0';
-	for (const char *p = line; (p = strstr(p, key)); p += kl) {
-		if ((p == line || p[-1] == ' ') && p[kl] == '=') {
-			snprintf(buf, n, "%.*s", (int)strcspn(p + kl + 1, " \n"), p + kl + 1);
-			break;
-		}
-	}
-	return buf;
-}
-
-/* Lines of s starting with prefix that also contain every word in need[]. */
-static int count_lines(const char *s, const char *prefix, const char *const *need)
-{
-	int n = 0;
-	size_t plen = strlen(prefix);
-
-	for (const char *l = s; l && *l; ) {
-		const char *end = strchr(l, '\n');
-		size_t len = end ? (size_t)(end - l) : strlen(l);
-
-		if (len >= plen && !strncmp(l, prefix, plen)) {
-			int ok = 1;
-			for (const char *const *w = need; w && *w && ok; w++) {
-				const char *hit = memmem(l, len, *w, strlen(*w));
-				ok = hit != NULL;
-			}
-			n += ok;
-		}
-		l = end ? end + 1 : NULL;
-	}
-	return n;
-}
-
-/* Print the last lines of a child's stderr so the log explains a failure. */
-static void show_tail(const char *label, const char *text, size_t maxlines)
-{
-	const char *p = text + strlen(text);
-	size_t lines = 0;
-
-	while (p > text && lines <= maxlines) {
-		p--;
-		if (*p == '\n' && p[1])
-			lines++;
-	}
-	if (p > text)
-		p++;
-	if (!*p)
-		return;
-	say("    %s, last lines:", label);
-	while (*p) {
-		size_t n = strcspn(p, "\n");
-		say("    | %.*s", (int)(n > 300 ? 300 : n), p);
-		p += n + (p[n] == '\n');
-	}
-}
-
 /* ------------------------------------------------------------- scenarios */
 
-struct scen {
-	struct run r;
-	char result[2048];	/* the RESULT line */
-	int pass;		/* RESULT ... PASS and exit 0 */
-};
-
-static void scenario(struct scen *s, int preload, const char *const *extra,
+/* rg-scenario ARGS, plain or with the shim preloaded. */
+static void scenario(struct prog *s, int preload, const char *const *extra,
 		     const char *const *args, double deadline)
 {
-	const char *argv[16];
-	int n = 0;
-
-	argv[n++] = scenario_path;
-	for (const char *const *a = args; *a && n < 15; a++)
-		argv[n++] = *a;
-	argv[n] = NULL;
-	run_prog(&s->r, argv, preload, extra, deadline);
-	last_line(s->r.out, "RESULT ", s->result, sizeof s->result);
-	s->pass = s->r.exited && s->r.code == 0 && strstr(s->result, " PASS") != NULL;
-}
-
-static void scen_report(const char *label, const struct scen *s)
-{
-	say("  [%s] %s in %.2f s: %s", label, how_ended(&s->r), s->r.secs,
-	    s->result[0] ? s->result : "(no RESULT line)");
-	if (!s->pass)
-		show_tail("stderr", s->r.err, 8);
+	prog_run(s, scenario_path, args, preload ? lib_path : NULL, extra, deadline);
 }
 
 /* A preloaded scenario must have had the shim mapped. */
-static void assert_shim_seen(const struct scen *s)
+static void assert_shim_seen(const struct prog *s)
 {
 	char v[64];
 
@@ -436,7 +99,7 @@ START_TEST(test_build_no_gnutls_needed)
 	struct run r;
 	int needed;
 
-	run_prog(&r, argv, 0, NULL, 30);
+	run_prog(&r, argv, NULL, NULL, 30);
 	ck_assert_msg(r.exited && r.code == 0, "readelf -d %s: %s\n%s", lib_path,
 		      how_ended(&r), r.err);
 	needed = count_lines(r.out, " 0x", (const char *const[]){ "(NEEDED)", NULL });
@@ -463,7 +126,7 @@ START_TEST(test_build_exports)
 	int total = 0, bad = 0, gnutls = 0;
 	char badlist[2048] = "";
 
-	run_prog(&r, argv, 0, NULL, 30);
+	run_prog(&r, argv, NULL, NULL, 30);
 	ck_assert_msg(r.exited && r.code == 0, "nm -D %s: %s\n%s", lib_path, how_ended(&r), r.err);
 	for (const char *l = r.out; l && *l; ) {
 		const char *end = strchr(l, '\n');
@@ -506,7 +169,7 @@ END_TEST
 START_TEST(test_duplex_plain)
 {
 	const char *args[] = { "duplex", "--seconds", DUPLEX_SECONDS, NULL };
-	struct scen s[DUPLEX_PLAIN_RUNS];
+	struct prog s[DUPLEX_PLAIN_RUNS];
 	int failed = 0, affected = 1;
 	char reasons[512] = "";
 
@@ -514,7 +177,7 @@ START_TEST(test_duplex_plain)
 		char v[128];
 
 		scenario(&s[i], 0, NULL, args, 60);
-		scen_report("duplex plain", &s[i]);
+		prog_report("duplex plain", &s[i]);
 		if (!s[i].pass) {
 			failed++;
 			kv(s[i].result, "reason", v, sizeof v);
@@ -550,13 +213,13 @@ START_TEST(test_duplex_preloaded)
 {
 	const char *fd_args[] = { "duplex", "--seconds", DUPLEX_SECONDS, NULL };
 	const char *custom_args[] = { "duplex", "--seconds", DUPLEX_SECONDS, "--custom", NULL };
-	struct scen s;
+	struct prog s;
 	char label[64];
 
 	snprintf(label, sizeof label, "duplex preloaded %s #%d", _i < 5 ? "fd" : "custom",
 		 _i % 5 + 1);
 	scenario(&s, 1, NULL, _i < 5 ? fd_args : custom_args, 60);
-	scen_report(label, &s);
+	prog_report(label, &s);
 	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 	assert_shim_seen(&s);
 	run_free(&s.r);
@@ -568,10 +231,10 @@ END_TEST
 START_TEST(test_autorekey_plain)
 {
 	const char *args[] = { "autorekey", "--quick", NULL };
-	struct scen s;
+	struct prog s;
 
 	scenario(&s, 0, NULL, args, 120);
-	scen_report("autorekey plain", &s);
+	prog_report("autorekey plain", &s);
 	say("  [autorekey plain] %s (reported, not asserted)", s.pass ? "passed" : "FAILED");
 	ck_assert_msg(!s.r.timed_out, "plain autorekey hung: %s", s.r.cmd);
 	run_free(&s.r);
@@ -584,12 +247,12 @@ START_TEST(test_autorekey_preloaded)
 	 * 150 ms apart: GnuTLS's automatic rekeys count toward the peer's limit
 	 * of 8 received KeyUpdates per second. */
 	const char *args[] = { "autorekey", "--quick", NULL };
-	struct scen s;
+	struct prog s;
 	char label[48], c2s[32], s2c[32];
 
 	snprintf(label, sizeof label, "autorekey preloaded #%d", _i + 1);
 	scenario(&s, 1, NULL, args, 120);
-	scen_report(label, &s);
+	prog_report(label, &s);
 	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 	assert_shim_seen(&s);
 	kv(s.result, "rekeys_c2s", c2s, sizeof c2s);
@@ -624,12 +287,12 @@ static void qemu_round(int round, double tp[3], double stall[3])
 	char v[64];
 
 	for (int k = 0; k < 3; k++) {
-		struct scen s;
+		struct prog s;
 		char label[64];
 
 		snprintf(label, sizeof label, "qemu-shape %s round %d", qemu_names[k], round + 1);
 		scenario(&s, k > 0, NULL, k == 2 ? ku_args : plain_args, 60);
-		scen_report(label, &s);
+		prog_report(label, &s);
 		ck_assert_msg(s.pass, "%s must pass: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 		if (k > 0)
 			assert_shim_seen(&s);
@@ -700,10 +363,10 @@ END_TEST
 START_TEST(test_qemu_shape_plain_keyupdates)
 {
 	const char *args[] = { "qemu-shape", "--seconds", QEMU_SECONDS, "--keyupdates", NULL };
-	struct scen s;
+	struct prog s;
 
 	scenario(&s, 0, NULL, args, 60);
-	scen_report("qemu-shape plain+keyupdates", &s);
+	prog_report("qemu-shape plain+keyupdates", &s);
 	say("  [qemu-shape plain+keyupdates] %s (reported, not asserted)",
 	    s.pass ? "passed" : s.r.signaled ? "CRASHED" : "FAILED");
 	ck_assert_msg(!s.r.timed_out, "plain qemu-shape with key updates hung: %s", s.r.cmd);
@@ -726,10 +389,10 @@ START_TEST(test_tinybuf)
 		{ "tinybuf preloaded", 1, a0 },
 		{ "tinybuf preloaded+keyupdates", 1, a1 },
 	};
-	struct scen s;
+	struct prog s;
 
 	scenario(&s, runs[_i].preload, NULL, runs[_i].args, 90);
-	scen_report(runs[_i].label, &s);
+	prog_report(runs[_i].label, &s);
 	ck_assert_msg(!s.r.timed_out, "%s deadlocked: %s", runs[_i].label, s.r.cmd);
 	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 	if (runs[_i].preload)
@@ -749,7 +412,7 @@ static void load_differential_cases(void)
 	const char *argv[] = { differential_path, "--list", NULL };
 	struct run r;
 
-	run_prog(&r, argv, 0, NULL, 30);
+	run_prog(&r, argv, NULL, NULL, 30);
 	if (!r.exited || r.code != 0) {
 		fprintf(stderr, "check_rekeyguard: %s --list: %s\n%s", differential_path,
 			how_ended(&r), r.err);
@@ -823,8 +486,8 @@ static void differential(struct diff_pair *d, const char *casename,
 	/* rg-differential's own watchdog ends a hung case after 20 s */
 	double deadline = casename ? 60 : 120;
 
-	run_prog(&d->plain, av, 0, NULL, deadline);
-	run_prog(&d->pre, av, 1, extra_pre, deadline);
+	run_prog(&d->plain, av, NULL, NULL, deadline);
+	run_prog(&d->pre, av, lib_path, extra_pre, deadline);
 	d->same = d->plain.nout == d->pre.nout && !memcmp(d->plain.out, d->pre.out, d->plain.nout);
 }
 
@@ -929,8 +592,8 @@ START_TEST(test_preload_non_gnutls)
 	const char *const *argv = cmds[_i];
 	struct run a, b;
 
-	run_prog(&a, argv, 0, NULL, 30);
-	run_prog(&b, argv, 1, NULL, 30);
+	run_prog(&a, argv, NULL, NULL, 30);
+	run_prog(&b, argv, lib_path, NULL, 30);
 	say("  [non-GnuTLS] %s: plain %s, out \"%.40s\", err \"%.40s\"; preloaded %s, "
 	    "out \"%.40s\", err \"%.40s\"", argv[argv[1] ? 2 : 0], how_ended(&a), a.out, a.err,
 	    how_ended(&b), b.out, b.err);
@@ -1026,10 +689,10 @@ START_TEST(test_bad_config_still_guards)
 	const char *args[] = { "duplex", "--seconds", "1", NULL };
 	const char *const w_mode[] = { "REKEYGUARD_MODE", "accepted", NULL };
 	const char *const w_log[] = { "REKEYGUARD_LOG", "accepted", NULL };
-	struct scen s;
+	struct prog s;
 
 	scenario(&s, 1, extra, args, 60);
-	scen_report("duplex, MODE=bogus LOG=bogus", &s);
+	prog_report("duplex, MODE=bogus LOG=bogus", &s);
 	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 	ck_assert_msg(count_lines(s.r.err, "rekeyguard:", w_mode) == 1 &&
 		      count_lines(s.r.err, "rekeyguard:", w_log) == 1,
@@ -1050,12 +713,12 @@ START_TEST(test_late_load)
 	const char *const a1[] = { "qemu-shape", "--keyupdates", "--seconds", QEMU_SECONDS,
 				   "--late-load", lib_path, NULL };
 	const char *const *args[] = { a0, a1 };
-	struct scen s;
+	struct prog s;
 	char label[64];
 
 	snprintf(label, sizeof label, "%s late-loaded", args[_i][0]);
 	scenario(&s, 0, NULL, args[_i], 90);
-	scen_report(label, &s);
+	prog_report(label, &s);
 	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 	ck_assert_msg(strstr(s.r.err, "rekeyguard: injected into running process") != NULL,
 		      "%s: no injection notice on stderr", s.r.cmd);
@@ -1073,7 +736,7 @@ START_TEST(test_status_tool)
 	const char *const argv[] = { script, NULL };
 	struct run r;
 
-	run_prog(&r, argv, 0, NULL, 90);
+	run_prog(&r, argv, NULL, NULL, 90);
 	say("  [status] %s in %.1f s", how_ended(&r), r.secs);
 	show_tail("status-test", r.out, 40);
 	ck_assert_msg(r.exited && r.code == 0, "%s: %s\n%s", r.cmd, how_ended(&r), r.out);
@@ -1184,6 +847,8 @@ int main(void)
 	int failed;
 	double t0 = now();
 
+	runner.name = "check_rekeyguard";
+	runner.report_tail = 8;
 	if (locate() != 0)
 		return 2;
 	memset(long_value, 'x', 10000);

@@ -52,8 +52,8 @@ tests/rg-hardening: tests/rg-hardening.c $(HARDENING_UTIL)
 tests/rg-failmalloc.so: tests/rg-failmalloc.c
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -fvisibility=hidden -o $@ $<
 
-tests/check_hardening: tests/check_hardening.c
-	$(CC) $(HARDENING_CFLAGS) -o $@ tests/check_hardening.c $(CHECK_LIBS)
+tests/check_hardening: tests/check_hardening.c tests/check-runner.c tests/check-runner.h
+	$(CC) $(HARDENING_CFLAGS) -o $@ tests/check_hardening.c tests/check-runner.c $(CHECK_LIBS)
 
 # ---- link modes (item 4): the same GnuTLS code, linked every way ----------
 
