@@ -119,6 +119,7 @@ static bool rg_bind_symbol(const struct rg_symbol *sym, const Dl_info *self)
 static void rg_bind(void)
 {
 	const struct rg_config *config = rg_config_get();
+	rg_transport_init();
 	Dl_info self;
 	memset(&self, 0, sizeof self);
 	dladdr(&rg_real, &self);

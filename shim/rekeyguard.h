@@ -273,6 +273,9 @@ ssize_t rg_guard_call(struct rg_call *call);
  * records, starts a key update on the session. */
 ssize_t rg_provoke_send(struct rg_call *call, ssize_t (*dispatch)(struct rg_call *));
 
+/* Once, from the binding: the per-thread buffer cache's key. */
+void rg_transport_init(void);
+
 /* Installs the shim's callbacks on a new guarded session. */
 void rg_transport_install(struct rg_session *s);
 /* Re-installs GnuTLS's view of the transport after the application

@@ -195,10 +195,11 @@ struct rg_buffer_cache {
 	struct rg_chunk *chunk;
 	unsigned char *input;
 	size_t input_cap;
+	bool registered;         /* rg_cache_key set for this thread */
 };
 static __thread struct rg_buffer_cache rg_cache;
-static pthread_key_t rg_cache_key;
-static pthread_once_t rg_cache_once = PTHREAD_ONCE_INIT;
+static pthread_key_t rg_cache_key;   /* created by rg_transport_init */
+static bool rg_cache_key_ok;
 
 static void rg_cache_free(void *unused)
 {
@@ -208,17 +209,18 @@ static void rg_cache_free(void *unused)
 	memset(&rg_cache, 0, sizeof rg_cache);
 }
 
-static void rg_cache_key_create(void)
+void rg_transport_init(void)
 {
-	pthread_key_create(&rg_cache_key, rg_cache_free);
+	rg_cache_key_ok = pthread_key_create(&rg_cache_key, rg_cache_free) == 0;
 }
 
 /* Arranges for this thread's cache to be freed when it exits. */
 static void rg_cache_register(void)
 {
-	pthread_once(&rg_cache_once, rg_cache_key_create);
-	if (pthread_getspecific(rg_cache_key) == NULL)
+	if (!rg_cache.registered && rg_cache_key_ok) {
 		pthread_setspecific(rg_cache_key, &rg_cache);
+		rg_cache.registered = true;
+	}
 }
 
 static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
