@@ -49,6 +49,7 @@ static const struct rg_symbol {
 	RG_SYM(gnutls_record_check_pending, true),
 	RG_SYM(gnutls_record_get_direction, true),
 	RG_SYM(gnutls_record_discard_queued, false),
+	RG_SYM(gnutls_record_set_timeout, true),
 	RG_SYM(gnutls_handshake, true),
 	RG_SYM(gnutls_reauth, false),
 	RG_SYM(gnutls_rehandshake, true),
@@ -362,6 +363,28 @@ static size_t guard_gnutls_record_discard_queued(gnutls_session_t session)
 RG_EXPORT size_t gnutls_record_discard_queued(gnutls_session_t session)
 {
 	return guard_gnutls_record_discard_queued(session);
+}
+
+static void real_gnutls_record_set_timeout(gnutls_session_t session, unsigned int ms)
+{
+	if (rg_real.gnutls_record_set_timeout.fn != NULL)
+		rg_real.gnutls_record_set_timeout.fn(session, ms);
+}
+
+static void guard_gnutls_record_set_timeout(gnutls_session_t session, unsigned int ms)
+{
+	/* Recorded: a receive with a timeout never reads ahead. */
+	struct rg_session *s = rg_short_begin(session);
+	real_gnutls_record_set_timeout(session, ms);
+	if (s != NULL) {
+		s->record_timeout_ms = ms;
+		rg_short_end(s);
+	}
+}
+
+RG_EXPORT void gnutls_record_set_timeout(gnutls_session_t session, unsigned int ms)
+{
+	guard_gnutls_record_set_timeout(session, ms);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */

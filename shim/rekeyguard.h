@@ -76,6 +76,7 @@ struct rg_real_table {
 	RG_REAL_SLOT(size_t, gnutls_record_check_pending, (gnutls_session_t));
 	RG_REAL_SLOT(int, gnutls_record_get_direction, (gnutls_session_t));
 	RG_REAL_SLOT(size_t, gnutls_record_discard_queued, (gnutls_session_t));
+	RG_REAL_SLOT(void, gnutls_record_set_timeout, (gnutls_session_t, unsigned int));
 	RG_REAL_SLOT(int, gnutls_handshake, (gnutls_session_t));
 	RG_REAL_SLOT(int, gnutls_reauth, (gnutls_session_t, unsigned int));
 	RG_REAL_SLOT(int, gnutls_rehandshake, (gnutls_session_t));
@@ -197,6 +198,9 @@ struct rg_session {
 	enum rg_want want;
 	bool want_continues;          /* the wanting pull continues a partial read */
 	bool timeout_seen;            /* the real call used pull_timeout */
+	bool in_whole_record;         /* the staged bytes are one whole record */
+	bool at_record_boundary;      /* GnuTLS consumed exactly whole records */
+	unsigned record_timeout_ms;   /* gnutls_record_set_timeout */
 	uint64_t deadline_ns;         /* the outer call's timeout, 0: none */
 	const unsigned char *pull_end; /* where the last pull's bytes ended, */
 	size_t pull_left;             /*   and what GnuTLS still wanted */

@@ -556,6 +556,8 @@ static bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 	if (o.got > 0) {
 		s->in_len = o.got;
 		s->in_off = 0;
+		s->in_whole_record = len == RG_TLS_HEADER && o.got > RG_TLS_HEADER &&
+				     o.got == RG_TLS_HEADER + rg_tls_body_length(s->in_buf);
 	} else {
 		rg_input_release(s);
 	}
@@ -600,12 +602,16 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 	if (rg_thread.current != s)        /* outside a guarded call */
 		return rg_app_pull(s, buf, len);
 
+	s->at_record_boundary = false;
 	if (s->in_off < s->in_len) {
 		size_t n = s->in_len - s->in_off < len ? s->in_len - s->in_off : len;
 		memcpy(buf, s->in_buf + s->in_off, n);
 		s->in_off += n;
-		if (s->in_off == s->in_len)
+		if (s->in_off == s->in_len) {
+			/* GnuTLS now holds a whole record and no more. */
+			s->at_record_boundary = s->in_whole_record;
 			rg_input_release(s);
+		}
 		return rg_pull_delivered(s, buf, len, (ssize_t)n);
 	}
 	enum rg_in_result staged = s->in_result;
@@ -818,6 +824,17 @@ static ssize_t rg_uncork_retry_result(struct rg_session *s, uint64_t written_bef
 	return total;
 }
 
+/* True when a receive may read the next record before calling GnuTLS:
+ * the application's own pull, the handshake done, no timeout to honour,
+ * GnuTLS holding exactly whole records, none of them undelivered. */
+static bool rg_read_ahead_ok(struct rg_session *s)
+{
+	return s->app_pull != NULL && s->at_record_boundary && s->proto_checked &&
+	       s->record_timeout_ms == 0 && !s->timeout_seen && s->in_len == 0 &&
+	       s->in_result == RG_IN_NONE && !s->reader_active &&
+	       rg_real.gnutls_record_check_pending.fn(s->session) == 0;
+}
+
 static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 {
 	struct rg_session *outer = rg_thread.current;
@@ -851,6 +868,16 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 	if (s->poisoned) {
 		ret = GNUTLS_E_INVALID_SESSION;
 		goto out;
+	}
+	if (call->family == RG_FAMILY_RECV && rg_read_ahead_ok(s)) {
+		/* GnuTLS will ask for the next record's header first: read the
+		 * record before the real call instead of after a first real
+		 * call that can only say so (one real call per record). */
+		s->want = RG_WANT_READ;
+		s->want_len = RG_TLS_HEADER;
+		s->want_continues = false;
+		if (rg_wait_for_input(s, &ret))
+			goto out;
 	}
 	if (s->push_dead_errno != 0 && call->family == RG_FAMILY_SEND) {
 		/* GnuTLS refuses sends once a push failed for good
@@ -888,6 +915,8 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		if (!wants_input || rg_wait_for_input(s, &ret))
 			break;
 	}
+	if (call->family == RG_FAMILY_RECV && ret <= 0 && ret != GNUTLS_E_AGAIN)
+		s->at_record_boundary = false;   /* EOF or an error: no read-ahead */
 	if (!s->proto_checked)
 		rg_notice_tls13(s, call, ret);
 out:
