@@ -3,6 +3,8 @@
 #   make            build librekeyguard.so
 #   make demo       build, then show the race plain and with the shim
 #   make check      the Check test suite (installs Debian packages as root)
+#   make bench      benchmark (~12 min): bench/results/latest.{md,csv,png}
+#   make bench-smoke  the same, tiny, < 30 s (CI)
 #   make install    PREFIX=/usr/local DESTDIR= LIBDIR=$(PREFIX)/lib/<multiarch>
 
 CC       ?= cc
@@ -98,3 +100,4 @@ qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-d
 
 include tests/matrix/matrix.mk
 include tools/inject.mk
+include bench/bench.mk

@@ -1,0 +1,57 @@
+# bench/bench.mk — rekeyguard's benchmark (issue 4). Included by the top
+# Makefile (`include bench/bench.mk`, after its `all` rule), which defines
+# CC, CFLAGS, WARN, GNUTLS_CFLAGS, GNUTLS_LIBS, LIB and deps-build.
+#
+#   make bench          full run, ~12 min: bench/results/latest.{md,csv,png}
+#                       BENCH_ROUNDS=10 BENCH_SECONDS=1 (window per run)
+#   make bench-smoke    < 30 s, tiny sizes, one round, no timing assertions
+#                       (results under bench/results/tmp/smoke/)
+#   make bench-build    just the programs
+#
+# Configurations differ only by LD_PRELOAD (librekeyguard.so and the two
+# baseline locks built here) or the priority string; see bench/bench.h.
+
+ifeq ($(.DEFAULT_GOAL),)
+.DEFAULT_GOAL := all
+endif
+
+BENCH_ROUNDS  ?= 10
+BENCH_SECONDS ?= 1
+
+BENCH_CFLAGS   = $(CFLAGS) $(WARN) -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS)
+BENCH_SRCS     = bench/bench-main.c bench/driver.c bench/stats.c bench/report.c bench/chart.c \
+                 bench/workloads.c bench/tls-setup.c
+BENCH_PROG     = bench/rg-bench
+BENCH_PRELOADS = bench/libnaivelock.so bench/libqemustyle.so
+# The top Makefile, for the recursive make that builds after deps-build.
+BENCH_TOP_MAKEFILE := $(firstword $(MAKEFILE_LIST))
+
+.PHONY: bench bench-smoke bench-build bench-clean
+
+bench-build: $(LIB) $(BENCH_PROG) $(BENCH_PRELOADS)
+
+$(BENCH_PROG): $(BENCH_SRCS) bench/bench.h
+	$(CC) $(BENCH_CFLAGS) -o $@ $(BENCH_SRCS) $(GNUTLS_LIBS) -ldl -lm
+
+# The two baselines are one source: configuration 5 adds QEMU's poll().
+bench/libnaivelock.so: bench/baseline-lock.c
+	$(CC) $(BENCH_CFLAGS) -fPIC -fvisibility=hidden -shared -o $@ $< -ldl
+
+bench/libqemustyle.so: bench/baseline-lock.c
+	$(CC) $(BENCH_CFLAGS) -DBENCH_QEMU_STYLE=1 -fPIC -fvisibility=hidden -shared -o $@ $< -ldl
+
+bench: deps-build
+	@tests/ensure-deps.sh gnuplot-nox
+	@$(MAKE) -s --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-build
+	$(BENCH_PROG) --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
+
+# No gnuplot needed: the chart is drawn only if gnuplot is installed.
+bench-smoke: deps-build
+	@$(MAKE) -s --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-build
+	$(BENCH_PROG) --smoke
+
+bench-clean:
+	rm -f $(BENCH_PROG) $(BENCH_PRELOADS)
+	rm -rf bench/results/tmp
+
+clean: bench-clean
