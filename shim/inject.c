@@ -224,6 +224,7 @@ RG_EXPORT long rekeyguard_inject_activate(void)
 	bool first = !rg_injected;
 	if (first) {
 		__atomic_store_n(&rg_injected, true, __ATOMIC_RELEASE);
+		rg_registry_mark_injected();
 		if (!rg_inject_collect(&rg_inject)) {
 			pthread_mutex_unlock(&rg_inject_lock);
 			rg_log(RG_LOG_ERROR, "inject: cannot find this library's own wrappers; nothing patched");

@@ -36,6 +36,40 @@ static pthread_once_t rg_registry_once = PTHREAD_ONCE_INIT;
 static unsigned rg_fork_generation;
 static unsigned long rg_guarded_total;
 
+/* What rekeyguard-status reads from outside (/proc/PID/mem, at this
+ * exported symbol): a magic number, then counters. */
+RG_EXPORT struct rekeyguard_status {
+	uint64_t magic;          /* RG_STATUS_MAGIC */
+	uint64_t guarded;        /* sessions guarded since load */
+	uint64_t unguarded;      /* distinct sessions in use the shim does not
+	                          * guard (older than an injection, or DTLS),
+	                          * counted up to RG_UNGUARDED_SEEN */
+	uint64_t injected;       /* 1 when loaded by rekeyguard-inject */
+} rekeyguard_status = { RG_STATUS_MAGIC, 0, 0, 0 };
+
+#define RG_UNGUARDED_SEEN 256
+static pthread_mutex_t rg_unguarded_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the set */
+static gnutls_session_t rg_unguarded_set[RG_UNGUARDED_SEEN];
+
+void rg_registry_note_unguarded(gnutls_session_t session)
+{
+	pthread_mutex_lock(&rg_unguarded_lock);
+	unsigned i, n = (unsigned)rekeyguard_status.unguarded;
+	for (i = 0; i < n && i < RG_UNGUARDED_SEEN; i++)
+		if (rg_unguarded_set[i] == session)
+			break;
+	if (i == n && n < RG_UNGUARDED_SEEN) {
+		rg_unguarded_set[n] = session;
+		__atomic_store_n(&rekeyguard_status.unguarded, n + 1, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&rg_unguarded_lock);
+}
+
+void rg_registry_mark_injected(void)
+{
+	__atomic_store_n(&rekeyguard_status.injected, 1, __ATOMIC_RELAXED);
+}
+
 static unsigned rg_bucket_of(gnutls_session_t session)
 {
 	uint64_t h = (uint64_t)(uintptr_t)session;
@@ -165,6 +199,7 @@ struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_fl
 	s->generation = __atomic_load_n(&rg_fork_generation, __ATOMIC_RELAXED);
 	rg_session_locks_init(s);
 	__atomic_add_fetch(&rg_guarded_total, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&rekeyguard_status.guarded, 1, __ATOMIC_RELAXED);
 
 	unsigned b = rg_bucket_of(session);
 	pthread_mutex_lock(rg_stripe_of(b));

@@ -251,6 +251,11 @@ void rg_registry_unref_locked(struct rg_session *s);
 struct rg_session *rg_registry_remove(gnutls_session_t session);
 void rg_registry_destroy(struct rg_session *s);
 unsigned long rg_registry_guarded_total(void);
+/* For rekeyguard-status: a session used through a wrapper but not guarded,
+ * and the injection. */
+#define RG_STATUS_MAGIC UINT64_C(0x64726175474b6552) /* "ReKGuard" */
+void rg_registry_note_unguarded(gnutls_session_t session);
+void rg_registry_mark_injected(void);
 
 void rg_session_lock(struct rg_session *s, const char *caller);
 void rg_session_unlock(struct rg_session *s, const char *caller);

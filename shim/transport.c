@@ -947,8 +947,10 @@ static ssize_t rg_guard_dispatch(struct rg_call *call)
 		return ret;
 	}
 	struct rg_session *s = rg_registry_lookup_ref(call->session);
-	if (s == NULL)
+	if (s == NULL) {
+		rg_registry_note_unguarded(call->session);
 		return call->invoke(call);   /* DTLS, or created before we were */
+	}
 	return rg_guard_run(s, call);
 }
 
