@@ -34,7 +34,6 @@ static struct rg_session *rg_bucket[RG_BUCKETS];
 static pthread_mutex_t rg_stripe[RG_STRIPES];
 static pthread_once_t rg_registry_once = PTHREAD_ONCE_INIT;
 static unsigned rg_fork_generation;
-static unsigned long rg_guarded_total;
 
 /* What rekeyguard-status reads from outside (/proc/PID/mem, at this
  * exported symbol): a magic number, then counters. */
@@ -198,7 +197,6 @@ struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_fl
 	s->direction_override = -1;
 	s->generation = __atomic_load_n(&rg_fork_generation, __ATOMIC_RELAXED);
 	rg_session_locks_init(s);
-	__atomic_add_fetch(&rg_guarded_total, 1, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&rekeyguard_status.guarded, 1, __ATOMIC_RELAXED);
 
 	unsigned b = rg_bucket_of(session);
@@ -274,5 +272,5 @@ void rg_registry_destroy(struct rg_session *s)
 
 unsigned long rg_registry_guarded_total(void)
 {
-	return __atomic_load_n(&rg_guarded_total, __ATOMIC_RELAXED);
+	return (unsigned long)__atomic_load_n(&rekeyguard_status.guarded, __ATOMIC_RELAXED);
 }

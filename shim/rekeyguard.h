@@ -175,7 +175,6 @@ struct rg_session {
 	unsigned refs;                /* calls in flight (atomic) */
 	unsigned generation;          /* fork generation the lock belongs to */
 	bool dying;                   /* gnutls_deinit is waiting */
-	bool managed;                 /* the shim's callbacks are installed */
 	bool no_signal;               /* GNUTLS_NO_SIGNAL: MSG_NOSIGNAL on sendmsg */
 	bool proto_checked;           /* TLS version looked at for the notice */
 	bool poisoned;                /* forked mid-call: unusable in this child */

@@ -223,9 +223,8 @@ static void rg_cache_register(void)
 	}
 }
 
-static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
+static struct rg_chunk *rg_chunk_get(size_t need)
 {
-	(void)s;
 	struct rg_chunk *c = rg_cache.chunk;
 	if (c != NULL && c->cap >= need) {
 		rg_cache.chunk = NULL;
@@ -241,9 +240,8 @@ static struct rg_chunk *rg_chunk_get(struct rg_session *s, size_t need)
 	return c;
 }
 
-static void rg_chunk_put(struct rg_session *s, struct rg_chunk *c)
+static void rg_chunk_put(struct rg_chunk *c)
 {
-	(void)s;
 	c->next = NULL;
 	if (rg_cache.chunk == NULL && c->cap == RG_CHUNK_SIZE) {
 		rg_cache.chunk = c;
@@ -289,11 +287,11 @@ static void rg_input_release(struct rg_session *s)
 	s->in_cap = s->in_len = s->in_off = 0;
 }
 
-static void rg_chunk_put_list(struct rg_session *s, struct rg_chunk *list)
+static void rg_chunk_put_list(struct rg_chunk *list)
 {
 	for (struct rg_chunk *next; list != NULL; list = next) {
 		next = list->next;
-		rg_chunk_put(s, list);
+		rg_chunk_put(list);
 	}
 }
 
@@ -310,7 +308,7 @@ static size_t rg_iov_rest(const giovec_t *iov, int i, size_t skip)
 
 /* One empty chunk per buffer with bytes left after `skip`, reserved before
  * any of them is queued so that running out of memory fails cleanly. */
-static struct rg_chunk *rg_queue_reserve(struct rg_session *s, const giovec_t *iov, int count,
+static struct rg_chunk *rg_queue_reserve(const giovec_t *iov, int count,
 					 size_t skip)
 {
 	struct rg_chunk *list = NULL;
@@ -318,9 +316,9 @@ static struct rg_chunk *rg_queue_reserve(struct rg_session *s, const giovec_t *i
 		size_t rest = rg_iov_rest(iov, i, skip);
 		if (rest == 0)
 			continue;
-		struct rg_chunk *c = rg_chunk_get(s, rest);
+		struct rg_chunk *c = rg_chunk_get(rest);
 		if (c == NULL) {
-			rg_chunk_put_list(s, list);
+			rg_chunk_put_list(list);
 			return (struct rg_chunk *)-1;
 		}
 		c->next = list;
@@ -367,7 +365,7 @@ static void rg_queue_consume(struct rg_session *s, size_t n)
 		s->out_head = c->next;
 		if (s->out_head == NULL)
 			s->out_tail = NULL;
-		rg_chunk_put(s, c);
+		rg_chunk_put(c);
 	}
 }
 
@@ -707,7 +705,7 @@ static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, i
 		done = n > 0 ? (size_t)n : 0;
 	}
 	if (done < total) {
-		struct rg_chunk *reserved = rg_queue_reserve(s, iov, count, done);
+		struct rg_chunk *reserved = rg_queue_reserve(iov, count, done);
 		if (reserved == (struct rg_chunk *)-1) {
 			/* Out of memory: a short write (GnuTLS keeps the rest
 			 * and returns GNUTLS_E_AGAIN), or a failed push. */
@@ -744,7 +742,6 @@ static int rg_plain_errno(gnutls_transport_ptr_t ptr)
 
 void rg_transport_install(struct rg_session *s)
 {
-	s->managed = true;
 	rg_real.gnutls_transport_set_pull_function.fn(s->session, rg_cb_pull);
 	rg_real.gnutls_transport_set_vec_push_function.fn(s->session, rg_cb_vec_push);
 	rg_real.gnutls_transport_set_errno_function.fn(s->session, rg_cb_errno);
@@ -766,7 +763,6 @@ void rg_transport_refresh(struct rg_session *s)
 
 void rg_transport_release(struct rg_session *s)
 {
-	s->managed = false;
 	rg_real.gnutls_transport_set_errno_function.fn(
 		s->session, s->app_errno != NULL ? s->app_errno : rg_plain_errno);
 	rg_real.gnutls_transport_set_pull_timeout_function.fn(
