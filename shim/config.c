@@ -1,8 +1,9 @@
 /*
  * config.c — environment parsing and logging.
  *
- * Owns: REKEYGUARD_MODE, REKEYGUARD_LOG and REKEYGUARD_PROVOKE_REKEY, read once (pthread_once, on the
- * first GnuTLS call, never in a constructor), and rg_log().
+ * Owns: REKEYGUARD_MODE, REKEYGUARD_LOG, REKEYGUARD_NOTICE and
+ * REKEYGUARD_PROVOKE_REKEY, read once (pthread_once, on the first GnuTLS
+ * call, never in a constructor), and rg_log().
  * Invariants: a bad value never stops the host; it produces exactly one
  * stderr line naming the variable, the value, the accepted values and the
  * value used. Log lines are formatted on the stack and written with one
@@ -27,6 +28,9 @@ static pthread_once_t rg_config_once = PTHREAD_ONCE_INIT;
 
 static const char *const rg_mode_names[] = {
 	[RG_MODE_AUTO] = "auto", [RG_MODE_GUARD] = "guard", [RG_MODE_OFF] = "off",
+};
+static const char *const rg_notice_names[] = {
+	[RG_NOTICE_AUTO] = "auto", [RG_NOTICE_ON] = "on", [RG_NOTICE_OFF] = "off",
 };
 static const char *const rg_level_names[] = {
 	[RG_LOG_ERROR] = "error", [RG_LOG_WARN] = "warn",
@@ -117,6 +121,21 @@ static void rg_config_provoke(void)
 	       peer ? ":peer" : "", every);
 }
 
+/* The one-time "guarding" notice goes where operators look for it (QEMU's
+ * log, which is QEMU's stderr) and nowhere else by default: other programs
+ * may parse their own stderr (GnuTLS's gnutls-cli-debug.sh test does).
+ * auto: on in QEMU system emulators (qemu-system-*, qemu-kvm), else off;
+ * off still shows it at REKEYGUARD_LOG=info. */
+static bool rg_config_notice(void)
+{
+	int notice = rg_config_enum("REKEYGUARD_NOTICE", rg_notice_names, 3, RG_NOTICE_AUTO);
+	if (notice != RG_NOTICE_AUTO)
+		return notice == RG_NOTICE_ON;
+	const char *name = program_invocation_short_name;
+	return name != NULL && (strncmp(name, "qemu-system-", 12) == 0 ||
+				strcmp(name, "qemu-kvm") == 0);
+}
+
 static void rg_config_parse(void)
 {
 	/* REKEYGUARD_LOG first, so that it governs the MODE message too. */
@@ -124,6 +143,7 @@ static void rg_config_parse(void)
 						   RG_LOG_WARN);
 	rg_config_value.mode = rg_config_enum("REKEYGUARD_MODE", rg_mode_names, 3,
 					      RG_MODE_AUTO);
+	rg_config_value.notice_level = rg_config_notice() ? RG_LOG_WARN : RG_LOG_INFO;
 	rg_config_provoke();
 }
 

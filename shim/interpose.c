@@ -20,6 +20,7 @@
 
 #include <dlfcn.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct rg_real_table rg_real;
@@ -229,13 +230,16 @@ RG_GUARDED_3(ssize_t, gnutls_record_send_range, RG_FAMILY_SEND, const void *, da
 	     size_t, data_size, const gnutls_range_st *, range)
 RG_GUARDED_3(ssize_t, gnutls_record_send_file, RG_FAMILY_SEND, int, fd, off_t *, offset,
 	     size_t, count)
-RG_GUARDED_2(ssize_t, gnutls_record_send_early_data, RG_FAMILY_SEND, const void *, data,
+/* Early data is only buffered here (sent by the handshake, taken from
+ * what the handshake received: GnuTLS 3.7.9 lib/record.c): no transport
+ * I/O, no read-ahead. */
+RG_GUARDED_2(ssize_t, gnutls_record_send_early_data, RG_FAMILY_QUICK, const void *, data,
 	     size_t, length)
 RG_GUARDED_2(ssize_t, gnutls_record_recv, RG_FAMILY_RECV, void *, data, size_t, data_size)
 RG_GUARDED_3(ssize_t, gnutls_record_recv_seq, RG_FAMILY_RECV, void *, data, size_t, data_size,
 	     unsigned char *, seq)
 RG_GUARDED_1(ssize_t, gnutls_record_recv_packet, RG_FAMILY_RECV, gnutls_packet_t *, packet)
-RG_GUARDED_2(ssize_t, gnutls_record_recv_early_data, RG_FAMILY_RECV, void *, data,
+RG_GUARDED_2(ssize_t, gnutls_record_recv_early_data, RG_FAMILY_QUICK, void *, data,
 	     size_t, data_size)
 RG_GUARDED_1(int, gnutls_record_uncork, RG_FAMILY_UNCORK, unsigned int, flags)
 /* Handshakes (initial, TLS 1.2 renegotiation, TLS 1.3 post-handshake auth). */
@@ -260,7 +264,51 @@ int rg_guarded_key_update(gnutls_session_t session, unsigned flags)
 /* TLS 1.3 clients may wait for a session ticket here. */
 RG_GUARDED_2(int, gnutls_session_get_data, RG_FAMILY_SESSION_DATA, void *, session_data,
 	     size_t *, session_data_size)
-RG_GUARDED_1(int, gnutls_session_get_data2, RG_FAMILY_SESSION_DATA, gnutls_datum_t *, data)
+
+/* gnutls_session_get_data2 is written out: the guarded loop may call the
+ * real function again after a wait (see rg_guard_run), and the datum an
+ * earlier attempt filled is freed first. GnuTLS allocates with libc's
+ * malloc (its allocator cannot be replaced since 3.3.0, lib/global.c
+ * gnutls_global_set_mem_functions). */
+struct rg_args_gnutls_session_get_data2 {
+	struct rg_call call;
+	gnutls_datum_t *data;
+	bool filled;                  /* an earlier attempt set *data */
+};
+
+static int real_gnutls_session_get_data2(gnutls_session_t session, gnutls_datum_t *data)
+{
+	if (rg_real.gnutls_session_get_data2.fn == NULL)
+		return GNUTLS_E_UNIMPLEMENTED_FEATURE;
+	return rg_real.gnutls_session_get_data2.fn(session, data);
+}
+
+static ssize_t rg_invoke_gnutls_session_get_data2(struct rg_call *call)
+{
+	struct rg_args_gnutls_session_get_data2 *a = (struct rg_args_gnutls_session_get_data2 *)call;
+	if (a->filled) {
+		free(a->data->data);
+		a->data->data = NULL;
+		a->data->size = 0;
+	}
+	int ret = real_gnutls_session_get_data2(call->session, a->data);
+	a->filled = ret >= 0;
+	return ret;
+}
+
+static int guard_gnutls_session_get_data2(gnutls_session_t session, gnutls_datum_t *data)
+{
+	struct rg_args_gnutls_session_get_data2 a = {
+		{ RG_FAMILY_SESSION_DATA, session, rg_invoke_gnutls_session_get_data2 }, data, false
+	};
+	return (int)rg_guard_call(&a.call);
+}
+
+RG_EXPORT int gnutls_session_get_data2(gnutls_session_t session, gnutls_datum_t *data)
+{
+	return guard_gnutls_session_get_data2(session, data);
+}
+
 RG_GUARDED_3(int, gnutls_heartbeat_ping, RG_FAMILY_HEARTBEAT, size_t, data_size,
 	     unsigned int, max_tries, unsigned int, flags)
 RG_GUARDED_1(int, gnutls_heartbeat_pong, RG_FAMILY_HEARTBEAT, unsigned int, flags)
@@ -272,24 +320,36 @@ RG_GUARDED_1(int, gnutls_heartbeat_pong, RG_FAMILY_HEARTBEAT, unsigned int, flag
  * even if a stale entry exists for the address being handed out. */
 static __thread bool rg_in_init __attribute__((tls_model("initial-exec")));
 
-/* The entry of a guarded session, referenced and locked; NULL when the
- * call should go straight to GnuTLS (not guarded, inside gnutls_init, or
- * GnuTLS calling itself with the lock already held by this thread). */
-static struct rg_session *rg_short_begin(gnutls_session_t session)
+/* The entry of a guarded session for a short call, locked by this thread;
+ * NULL when the call should go straight to GnuTLS (not guarded, or inside
+ * gnutls_init).
+ *
+ * GnuTLS calls back into the application while a guarded call runs with
+ * the session lock held by this thread (certificate, handshake-hook and
+ * post_client_hello callbacks). A short call made from there on the same
+ * session gets the entry without locking it again (*nested): getters
+ * report the application's transport, setters record into the entry, as
+ * outside a call; GnuTLS keeps the shim's callbacks either way. */
+static struct rg_session *rg_short_begin(gnutls_session_t session, bool *nested)
 {
+	*nested = false;
 	if (!rg_guarding() || rg_in_init)
 		return NULL;
 	struct rg_session *current = rg_transport_current();
-	if (current != NULL && current->session == session)
-		return NULL;
+	if (current != NULL && current->session == session) {
+		*nested = true;
+		return current;
+	}
 	struct rg_session *s = rg_registry_lookup_ref(session);
 	if (s != NULL)
 		rg_session_lock(s, __func__);
 	return s;
 }
 
-static void rg_short_end(struct rg_session *s)
+static void rg_short_end(struct rg_session *s, bool nested)
 {
+	if (nested)
+		return;
 	rg_registry_unref_locked(s);
 	rg_session_unlock(s, __func__);
 }
@@ -303,11 +363,12 @@ static size_t real_gnutls_record_check_pending(gnutls_session_t session)
 
 static size_t guard_gnutls_record_check_pending(gnutls_session_t session)
 {
-	struct rg_session *s = rg_short_begin(session);
+	bool nested;
+	struct rg_session *s = rg_short_begin(session, &nested);
 	if (s == NULL)
 		return real_gnutls_record_check_pending(session);
 	size_t pending = real_gnutls_record_check_pending(session);
-	rg_short_end(s);
+	rg_short_end(s, nested);
 	return pending;
 }
 
@@ -325,13 +386,14 @@ static int real_gnutls_record_get_direction(gnutls_session_t session)
 
 static int guard_gnutls_record_get_direction(gnutls_session_t session)
 {
-	struct rg_session *s = rg_short_begin(session);
+	bool nested;
+	struct rg_session *s = rg_short_begin(session, &nested);
 	if (s == NULL)
 		return real_gnutls_record_get_direction(session);
 	/* 1 when the shim itself returned AGAIN while writing. */
 	int direction = s->direction_override >= 0 ? s->direction_override
 						   : real_gnutls_record_get_direction(session);
-	rg_short_end(s);
+	rg_short_end(s, nested);
 	return direction;
 }
 
@@ -349,14 +411,15 @@ static size_t real_gnutls_record_discard_queued(gnutls_session_t session)
 
 static size_t guard_gnutls_record_discard_queued(gnutls_session_t session)
 {
-	struct rg_session *s = rg_short_begin(session);
+	bool nested;
+	struct rg_session *s = rg_short_begin(session, &nested);
 	if (s == NULL)
 		return real_gnutls_record_discard_queued(session);
 	/* GnuTLS's own send buffer is empty under the shim: the bytes it
 	 * would discard are in the shim's queue. */
 	size_t discarded = real_gnutls_record_discard_queued(session) +
 			   rg_transport_discard_queued(s);
-	rg_short_end(s);
+	rg_short_end(s, nested);
 	return discarded;
 }
 
@@ -374,11 +437,12 @@ static void real_gnutls_record_set_timeout(gnutls_session_t session, unsigned in
 static void guard_gnutls_record_set_timeout(gnutls_session_t session, unsigned int ms)
 {
 	/* Recorded: a receive with a timeout never reads ahead. */
-	struct rg_session *s = rg_short_begin(session);
+	bool nested;
+	struct rg_session *s = rg_short_begin(session, &nested);
 	real_gnutls_record_set_timeout(session, ms);
 	if (s != NULL) {
 		s->record_timeout_ms = ms;
-		rg_short_end(s);
+		rg_short_end(s, nested);
 	}
 }
 
@@ -473,13 +537,14 @@ RG_EXPORT void gnutls_deinit(gnutls_session_t session)
 	}                                                                          \
 	static void guard_##name(gnutls_session_t session RG_UNPAREN PARAMS)       \
 	{                                                                          \
-		struct rg_session *s = rg_short_begin(session);                    \
+		bool nested;                                                       \
+		struct rg_session *s = rg_short_begin(session, &nested);           \
 		if (s == NULL) {                                                   \
 			real_##name(session RG_UNPAREN ARGS);                      \
 			return;                                                    \
 		}                                                                  \
 		RG_UNPAREN RECORD                                                  \
-		rg_short_end(s);                                                   \
+		rg_short_end(s, nested);                                           \
 	}                                                                          \
 	RG_EXPORT void name(gnutls_session_t session RG_UNPAREN PARAMS)            \
 	{                                                                          \
@@ -519,11 +584,12 @@ static gnutls_transport_ptr_t real_gnutls_transport_get_ptr(gnutls_session_t ses
 
 static gnutls_transport_ptr_t guard_gnutls_transport_get_ptr(gnutls_session_t session)
 {
-	struct rg_session *s = rg_short_begin(session);
+	bool nested;
+	struct rg_session *s = rg_short_begin(session, &nested);
 	if (s == NULL)
 		return real_gnutls_transport_get_ptr(session);
 	gnutls_transport_ptr_t ptr = s->app_recv_ptr;
-	rg_short_end(s);
+	rg_short_end(s, nested);
 	return ptr;
 }
 
@@ -546,14 +612,15 @@ static void guard_gnutls_transport_get_ptr2(gnutls_session_t session,
 					    gnutls_transport_ptr_t *recv_ptr,
 					    gnutls_transport_ptr_t *send_ptr)
 {
-	struct rg_session *s = rg_short_begin(session);
+	bool nested;
+	struct rg_session *s = rg_short_begin(session, &nested);
 	if (s == NULL) {
 		real_gnutls_transport_get_ptr2(session, recv_ptr, send_ptr);
 		return;
 	}
 	*recv_ptr = s->app_recv_ptr;
 	*send_ptr = s->app_send_ptr;
-	rg_short_end(s);
+	rg_short_end(s, nested);
 }
 
 RG_EXPORT void gnutls_transport_get_ptr2(gnutls_session_t session,

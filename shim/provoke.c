@@ -8,26 +8,33 @@
  * REKEYGUARD_MODE=off it reproduces the crash on an unprotected stack.
  *
  * Invariants: only outermost sends count (GnuTLS calls its own send
- * functions); at most RG_PROVOKE_PER_SECOND key updates per session per
- * second (GnuTLS receivers reject more than 8 per second); only TLS 1.3
- * sessions; the key update goes through the shim's own guard, so a
- * guarded session takes its lock as for any other call. Validation only,
- * never for production.
+ * functions); records are counted per thread and session; at most
+ * RG_PROVOKE_PER_SECOND key updates per session per second, however many
+ * threads send on it (GnuTLS receivers reject more than 8 per second);
+ * only TLS 1.3 sessions; the key update goes through the shim's own
+ * guard, so a guarded session takes its lock as for any other call.
+ * Validation only, never for production.
  */
 #include "rekeyguard.h"
 
 #define RG_PROVOKE_PER_SECOND 4
 #define RG_PROVOKE_SLOTS 8   /* sessions one thread sends on, tracked at once */
+#define RG_PROVOKE_RATE_SLOTS 256
 
 struct rg_provoke_slot {
 	gnutls_session_t session;
 	uint64_t records;
-	uint64_t last_ns;
 };
 
 static __thread struct rg_provoke_slot rg_provoke_slots[RG_PROVOKE_SLOTS];
 static __thread unsigned rg_provoke_depth;
 static __thread unsigned rg_provoke_next_slot;
+
+/* When each session last had a provoked key update, shared by all
+ * threads: a session hashes to one slot, compare-and-swap claims it (no
+ * lock, so nothing for fork to handle). Sessions sharing a slot share the
+ * budget: never more than the limit, sometimes fewer. */
+static uint64_t rg_provoke_last_ns[RG_PROVOKE_RATE_SLOTS];
 
 static struct rg_provoke_slot *rg_provoke_slot_of(gnutls_session_t session)
 {
@@ -37,8 +44,21 @@ static struct rg_provoke_slot *rg_provoke_slot_of(gnutls_session_t session)
 	struct rg_provoke_slot *slot = &rg_provoke_slots[rg_provoke_next_slot++ % RG_PROVOKE_SLOTS];
 	slot->session = session;
 	slot->records = 0;
-	slot->last_ns = 0;
 	return slot;
+}
+
+/* True when this thread may start the session's next key update now. */
+static bool rg_provoke_claim(gnutls_session_t session, uint64_t now)
+{
+	uintptr_t h = (uintptr_t)session;
+	h ^= h >> 17;
+	h *= UINT64_C(0x9e3779b97f4a7c15);
+	uint64_t *last = &rg_provoke_last_ns[(h >> 40) % RG_PROVOKE_RATE_SLOTS];
+	uint64_t seen = __atomic_load_n(last, __ATOMIC_RELAXED);
+	if (seen != 0 && now - seen < 1000000000u / RG_PROVOKE_PER_SECOND)
+		return false;
+	return __atomic_compare_exchange_n(last, &seen, now, false, __ATOMIC_ACQ_REL,
+					   __ATOMIC_RELAXED);
 }
 
 static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
@@ -48,15 +68,14 @@ static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
 	slot->records += ((uint64_t)sent + 16383) / 16384;
 	if (slot->records < config->provoke_every)
 		return;
-	uint64_t now = rg_monotonic_ns();
-	if (now - slot->last_ns < 1000000000u / RG_PROVOKE_PER_SECOND)
-		return;
 	if (rg_real.gnutls_protocol_get_version.fn(session) != GNUTLS_TLS1_3)
 		return;
+	if (!rg_provoke_claim(session, rg_monotonic_ns()))
+		return;
 	slot->records = 0;
-	slot->last_ns = now;
 	int ret = rg_guarded_key_update(session, config->provoke_peer ? GNUTLS_KU_PEER : 0);
-	rg_log(RG_LOG_DEBUG, "provoked key update: %d", ret);
+	rg_log(RG_LOG_DEBUG, "provoked key update%s: %d",
+	       config->provoke_peer ? " (requesting the peer's)" : "", ret);
 }
 
 ssize_t rg_provoke_send(struct rg_call *call, ssize_t (*dispatch)(struct rg_call *))

@@ -40,10 +40,12 @@
 
 enum rg_log_level { RG_LOG_ERROR = 0, RG_LOG_WARN, RG_LOG_INFO, RG_LOG_DEBUG };
 enum rg_mode { RG_MODE_AUTO = 0, RG_MODE_GUARD, RG_MODE_OFF };
+enum rg_notice { RG_NOTICE_AUTO = 0, RG_NOTICE_ON, RG_NOTICE_OFF };
 
 struct rg_config {
 	enum rg_mode mode;           /* as configured */
 	enum rg_log_level log_level;
+	enum rg_log_level notice_level; /* of the one-time notice (REKEYGUARD_NOTICE) */
 	uint64_t provoke_every;      /* REKEYGUARD_PROVOKE_REKEY records; 0: off */
 	bool provoke_peer;           /* ...:peer, request the peer's update too */
 };

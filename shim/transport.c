@@ -790,7 +790,7 @@ static void rg_notice_tls13(struct rg_session *s, struct rg_call *call, ssize_t 
 	if (rg_real.gnutls_protocol_get_version.fn(s->session) != GNUTLS_TLS1_3)
 		return;
 	if (__atomic_exchange_n(&noticed, 1, __ATOMIC_ACQ_REL) == 0)
-		rg_log(RG_LOG_WARN, "guarding TLS 1.3 sessions against the key-update race "
+		rg_log(rg_config_get()->notice_level, "guarding TLS 1.3 sessions against the key-update race "
 		       "(GnuTLS %s, REKEYGUARD_MODE=%s)", rg_gnutls_version(),
 		       rg_mode_name(rg_config_get()->mode));
 }
@@ -891,7 +891,15 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		rg_thread.current = s;
 		ret = call->invoke(call);
 		rg_thread.current = outer;
-		bool wants_input = ret == GNUTLS_E_AGAIN && s->want != RG_WANT_NONE;
+		/* A session-data query swallows the wait it asked for: a TLS 1.3
+		 * client's gnutls_session_get_data2 waits up to a round trip for
+		 * the server's ticket and, on GNUTLS_E_AGAIN or TIMEDOUT, returns
+		 * success with an empty placeholder (GnuTLS 3.7.9 lib/session.c
+		 * gnutls_session_get_data2). Do the wait it
+		 * wanted, then ask again; past the deadline the retry gets
+		 * GnuTLS's own answer. */
+		bool swallowed = call->family == RG_FAMILY_SESSION_DATA && ret >= 0;
+		bool wants_input = (ret == GNUTLS_E_AGAIN || swallowed) && s->want != RG_WANT_NONE;
 
 		if (s->out_queued != queued_before) {
 			int fr = rg_flush_until(s, s->out_queued);
@@ -908,7 +916,9 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 				break;
 			}
 		}
-		if (!wants_input || rg_wait_for_input(s, &ret))
+		if (!wants_input)
+			break;
+		if (rg_wait_for_input(s, &ret) && !(swallowed && ret == GNUTLS_E_TIMEDOUT))
 			break;
 	}
 	if (call->family == RG_FAMILY_RECV && ret <= 0 && ret != GNUTLS_E_AGAIN)
@@ -930,7 +940,8 @@ static ssize_t rg_guard_dispatch(struct rg_call *call)
 		/* GnuTLS calling itself. Uncork's sends are counted once
 		 * (gnutls_record_send calls gnutls_record_send2 in turn). */
 		if (call->family == RG_FAMILY_KEY_UPDATE && current->call_family == RG_FAMILY_SEND)
-			rg_log(RG_LOG_DEBUG, "automatic key update inside a send (2^24 records)");
+			rg_log(RG_LOG_DEBUG, "GnuTLS's own key update inside a send (automatic "
+			       "after 2^24 records, or answering the peer's request)");
 		bool note = call->family == RG_FAMILY_SEND &&
 			    current->call_family == RG_FAMILY_UNCORK && !current->uncork_sending;
 		current->uncork_sending |= note;

@@ -1870,6 +1870,222 @@ static void case_keyupdate_custom(void)
 	keyupdate(TR_PUSH_TMO, EM_FUNC);
 }
 
+/* ------------------------------------------- tickets and resumption */
+
+/* One server ticket key for every resumption case (GnuTLS servers send
+ * TLS 1.3 tickets only once a key is set). */
+static gnutls_datum_t ticket_key;
+
+/* Every ticket is seen once here: accept it. */
+static int anti_replay_add(void *ptr, time_t expires, const gnutls_datum_t *key,
+			   const gnutls_datum_t *data)
+{
+	(void)ptr, (void)expires, (void)key, (void)data;
+	return 0;
+}
+
+static void enable_tickets(struct ep *server, unsigned early_size)
+{
+	if (ticket_key.data == NULL && gnutls_session_ticket_key_generate(&ticket_key) < 0) {
+		EXPECT(0, "gnutls_session_ticket_key_generate failed");
+		return;
+	}
+	EXPECT(gnutls_session_ticket_enable_server(server->s, &ticket_key) == 0,
+	       "gnutls_session_ticket_enable_server failed");
+	if (early_size) {
+		/* GnuTLS servers take early data only with anti-replay on. */
+		static gnutls_anti_replay_t anti_replay;
+		if (anti_replay == NULL) {
+			EXPECT(gnutls_anti_replay_init(&anti_replay) == 0,
+			       "gnutls_anti_replay_init failed");
+			gnutls_anti_replay_set_add_function(anti_replay, anti_replay_add);
+		}
+		gnutls_anti_replay_enable(server->s, anti_replay);
+		EXPECT(gnutls_record_set_max_early_data_size(server->s, early_size) == 0,
+		       "gnutls_record_set_max_early_data_size failed");
+	}
+}
+
+/* gnutls_session_get_data2 as a TLS 1.3 client calls it after the
+ * handshake: it may wait (pull_timeout) for the server's ticket. */
+static int get_session_data(struct ep *e, gnutls_datum_t *data, const char *when)
+{
+	int rc = gnutls_session_get_data2(e->s, data);
+	unsigned flags = gnutls_session_get_flags(e->s);
+
+	T("%s get_data2 (%s) = %s %s ticket_flag=%d", e->name, when, rcs(rc),
+	  rc < 0 ? "-" : data->size > 4 ? "session-data" : "empty-placeholder",
+	  !!(flags & GNUTLS_SFLAGS_SESSION_TICKET));
+	return rc;
+}
+
+/* Resumption with the ticket the first connection received; with
+ * early_size, early data sent before the second handshake. */
+static void resume(int transport, int errmode, unsigned early_size)
+{
+	struct conn k;
+	struct conn_opts o = { .transport = transport, .errmode = errmode,
+			       .sflags = early_size ? GNUTLS_ENABLE_EARLY_DATA : 0 };
+	gnutls_datum_t data = { NULL, 0 };
+	static const char early[] = "early data from the client";
+	int rc;
+
+	conn_open(&k, &o);
+	enable_tickets(&k.s, early_size);
+	rc = handshake_loop(&k);
+	if (rc == 0)
+		rc = get_session_data(&k.c, &data, "after the handshake");
+	EXPECT(rc == 0 && data.size > 4,
+	       "the client has no session data after a TLS 1.3 handshake with tickets");
+	if (rc == 0 && settle(&k) == 0) {
+		gnutls_datum_t again = { NULL, 0 };
+		if (get_session_data(&k.c, &again, "after traffic") == 0)
+			gnutls_free(again.data);
+	}
+	conn_close(&k);
+	if (data.size <= 4)
+		goto out;
+
+	T("-- second connection, resuming%s", early_size ? ", with early data" : "");
+	conn_open(&k, &o);
+	enable_tickets(&k.s, early_size);
+	rc = gnutls_session_set_data(k.c.s, data.data, data.size);
+	T("C set_data = %s", rcs(rc));
+	if (early_size) {
+		T("C max_early_data_size = %zu", gnutls_record_get_max_early_data_size(k.c.s));
+		EXPECT(gnutls_record_get_max_early_data_size(k.c.s) == early_size,
+		       "the ticket does not carry the server's max_early_data_size");
+		ssize_t n = gnutls_record_send_early_data(k.c.s, early, sizeof early);
+		T("C send_early_data(%zu) = %s", sizeof early, rcs(n));
+	}
+	rc = handshake_loop(&k);
+	if (rc == 0) {
+		int cr = gnutls_session_is_resumed(k.c.s), sr = gnutls_session_is_resumed(k.s.s);
+		T("resumed: C=%d S=%d", cr, sr);
+		EXPECT(cr && sr, "the second connection was not resumed");
+	}
+	if (rc == 0 && early_size) {
+		unsigned sf = gnutls_session_get_flags(k.s.s), cf = gnutls_session_get_flags(k.c.s);
+		char buf[256];
+		ssize_t n = gnutls_record_recv_early_data(k.s.s, buf, sizeof buf);
+		T("S early data flag=%d C early data flag=%d S recv_early_data = %s%s",
+		  !!(sf & GNUTLS_SFLAGS_EARLY_DATA), !!(cf & GNUTLS_SFLAGS_EARLY_DATA), rcs(n),
+		  n == (ssize_t)sizeof early && !memcmp(buf, early, sizeof early) ? " (as sent)" : "");
+		EXPECT(n == (ssize_t)sizeof early && !memcmp(buf, early, sizeof early),
+		       "the server did not receive the early data");
+	}
+	if (rc == 0)
+		settle(&k);
+	conn_close(&k);
+out:
+	gnutls_free(data.data);
+}
+
+static void case_resume_fd(void)
+{
+	resume(TR_FD, EM_GLOBAL, 0);
+}
+
+static void case_resume_custom(void)
+{
+	resume(TR_PUSH_TMO, EM_FUNC, 0);
+}
+
+static void case_early_data(void)
+{
+	resume(TR_PUSH_TMO, EM_FUNC, 1024);
+}
+
+/* A server that sends no ticket: the client's get_data2 waits out its
+ * round-trip estimate and returns the empty placeholder, both ways. */
+static void case_no_ticket(void)
+{
+	struct conn k;
+	struct conn_opts o = { .transport = TR_PUSH_TMO, .errmode = EM_FUNC };
+	gnutls_datum_t data = { NULL, 0 };
+
+	conn_open(&k, &o);
+	if (handshake_loop(&k) == 0 && get_session_data(&k.c, &data, "no ticket sent") == 0) {
+		EXPECT(data.size == 4, "session data without a ticket");
+		gnutls_free(data.data);
+		settle(&k);
+	}
+	conn_close(&k);
+}
+
+/* GnuTLS calls the application back in the middle of a call (handshake
+ * hooks, post_client_hello); programs call GnuTLS on the same session
+ * from there (glib-networking reads its connection object through
+ * gnutls_transport_get_ptr). */
+static struct conn *callback_conn;
+static int callback_calls, callback_wrong;
+
+static void callback_check(gnutls_session_t session, const char *where)
+{
+	struct conn *k = callback_conn;
+	struct ep *e = session == k->c.s ? &k->c : &k->s;
+	gnutls_transport_ptr_t r, s;
+	int ok;
+
+	gnutls_transport_get_ptr2(session, &r, &s);
+	ok = gnutls_transport_get_ptr(session) == (void *)&e->rctx && r == &e->rctx &&
+	     s == &e->rctx && gnutls_session_get_ptr(session) == (void *)e;
+	callback_calls++;
+	if (!ok) {
+		callback_wrong++;
+		T("%s %s: transport getters DIFFERENT", e->name, where);
+	}
+	/* A setter from inside the call: same pointer again, must not
+	 * disturb the call in progress. */
+	gnutls_transport_set_ptr(session, &e->rctx);
+	(void)gnutls_record_check_pending(session);
+}
+
+static int callback_hook(gnutls_session_t session, unsigned htype, unsigned when,
+			 unsigned incoming, const gnutls_datum_t *msg)
+{
+	(void)msg;
+	char where[96];
+	snprintf(where, sizeof where, "hook %s %s %s", gnutls_handshake_description_get_name(htype),
+		 when == GNUTLS_HOOK_PRE ? "pre" : "post", incoming ? "in" : "out");
+	callback_check(session, where);
+	return 0;
+}
+
+static int callback_client_hello(gnutls_session_t session)
+{
+	callback_check(session, "post_client_hello");
+	return 0;
+}
+
+static void case_callbacks(void)
+{
+	struct conn k;
+	struct conn_opts o = { .transport = TR_PUSH_TMO, .errmode = EM_FUNC };
+
+	conn_open(&k, &o);
+	callback_conn = &k;
+	callback_calls = callback_wrong = 0;
+	gnutls_session_set_ptr(k.c.s, &k.c);
+	gnutls_session_set_ptr(k.s.s, &k.s);
+	gnutls_handshake_set_hook_function(k.c.s, GNUTLS_HANDSHAKE_ANY, GNUTLS_HOOK_BOTH,
+					   callback_hook);
+	gnutls_handshake_set_hook_function(k.s.s, GNUTLS_HANDSHAKE_ANY, GNUTLS_HOOK_BOTH,
+					   callback_hook);
+	gnutls_handshake_set_post_client_hello_function(k.s.s, callback_client_hello);
+	if (handshake_loop(&k) == 0 && settle(&k) == 0) {
+		int rc = gnutls_session_key_update(k.c.s, GNUTLS_KU_PEER);
+		T("C key_update(KU_PEER) = %s", rcs(rc));
+		transfer(&k.c, &k.s, 20000, 10000, 4096, 0);
+		transfer(&k.s, &k.c, 20000, 10000, 4096, 0);
+	}
+	T("callbacks: %d calls, %d saw different transport values", callback_calls,
+	  callback_wrong);
+	EXPECT(callback_calls > 0 && callback_wrong == 0,
+	       "inside callbacks the transport getters did not return what was set");
+	conn_close(&k);
+}
+
 /* Less common record calls: send2, recv_seq, cork/uncork (uncork calls
  * gnutls_record_send itself), session_ticket_send, discard_queued. */
 static void case_misc_api(void)
@@ -2002,6 +2218,15 @@ static const struct case_def cases[] = {
 	{ "misc-api", case_misc_api,
 	  "send2, recv_seq, cork/uncork, session_ticket_send, discard_queued" },
 	{ "keyupdate-fd", case_keyupdate_fd, "forced key updates, fd transport, poll loop" },
+	{ "resume-fd", case_resume_fd,
+	  "TLS 1.3 ticket after the handshake (get_data2), resumption, fd transport" },
+	{ "resume-custom", case_resume_custom,
+	  "the same over push+pull+pull_timeout" },
+	{ "no-ticket", case_no_ticket,
+	  "get_data2 waits for a ticket that never comes: empty placeholder" },
+	{ "early-data", case_early_data, "resumption with 0-RTT early data" },
+	{ "callbacks", case_callbacks,
+	  "handshake hooks and post_client_hello call transport getters/setters" },
 	{ "keyupdate-custom", case_keyupdate_custom,
 	  "forced key updates, custom transport, errno function" },
 };
