@@ -20,7 +20,7 @@ MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -
 LIBDIR  ?= $(PREFIX)/lib/$(MULTIARCH)
 BINDIR  ?= $(PREFIX)/bin
 
-SHIM_SRCS = shim/interpose.c shim/registry.c shim/transport.c shim/config.c shim/provoke.c \
+SHIM_SRCS = shim/interpose.c shim/registry.c shim/transport.c shim/config.c shim/provoke.c shim/keyupdate.c \
             shim/inject.c
 SHIM_HDRS = shim/rekeyguard.h
 LIB       = librekeyguard.so

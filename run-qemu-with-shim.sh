@@ -29,7 +29,7 @@
 RG_LIBDIR=@LIBDIR@
 RG_LIBNAME=librekeyguard.so
 RG_CONF_DEFAULT=/etc/rekeyguard/qemu.conf
-RG_FIXED_GNUTLS=3.8.11    # first GnuTLS release with the key-update rework
+RG_FIXED_GNUTLS=3.8.11    # first GnuTLS release with the key-update rework (auto: keyupdate mode)
 case $RG_LIBDIR in *@*) RG_LIBDIR= ;; esac   # not installed: no prefix
 
 rg_prog=${0##*/}
@@ -246,20 +246,21 @@ rg_do_check() {
 	printf 'QEMU GnuTLS:  %s (%s)\n' "$rg_gnutls" "${rg_gv:-version unknown}"
 	rg_mode=$(printf '%s' "${REKEYGUARD_MODE:-auto}" | tr 'A-Z' 'a-z')
 	case $rg_mode in
-	auto|guard|off) printf 'mode:         %s%s\n' "$rg_mode" "${REKEYGUARD_MODE:+ (REKEYGUARD_MODE)}" ;;
+	auto|guard|keyupdate|off) printf 'mode:         %s%s\n' "$rg_mode" "${REKEYGUARD_MODE:+ (REKEYGUARD_MODE)}" ;;
 	*) printf "mode:         auto (REKEYGUARD_MODE='%s' is not valid; the library uses auto)\n" "$REKEYGUARD_MODE"
 	   rg_mode=auto ;;
 	esac
 	case $rg_mode in
 	off) printf 'guarding:     no: REKEYGUARD_MODE=off (pure pass-through)\n' ;;
-	guard) printf 'guarding:     yes: REKEYGUARD_MODE=guard\n' ;;
+	guard) printf 'guarding:     yes, every GnuTLS call serialised: REKEYGUARD_MODE=guard\n' ;;
+	keyupdate) printf 'guarding:     yes, key changes serialised: REKEYGUARD_MODE=keyupdate\n' ;;
 	auto)
 		if [ -z "$rg_gv" ]; then
-			printf 'guarding:     decided at run time (GnuTLS version unknown here; guards if older than %s)\n' "$RG_FIXED_GNUTLS"
+			printf 'guarding:     yes, decided at run time (GnuTLS version unknown here): every call serialised before %s, key changes serialised from %s on\n' "$RG_FIXED_GNUTLS" "$RG_FIXED_GNUTLS"
 		elif rg_version_lt "$rg_gv" "$RG_FIXED_GNUTLS"; then
-			printf 'guarding:     yes: GnuTLS %s is older than %s\n' "$rg_gv" "$RG_FIXED_GNUTLS"
+			printf 'guarding:     yes, every GnuTLS call serialised: GnuTLS %s is older than %s\n' "$rg_gv" "$RG_FIXED_GNUTLS"
 		else
-			printf 'guarding:     no: GnuTLS %s has the upstream fix (%s or later); the library stands down\n' "$rg_gv" "$RG_FIXED_GNUTLS"
+			printf 'guarding:     yes, key changes serialised: GnuTLS %s has the %s rework, which still races when both directions change keys at once\n' "$rg_gv" "$RG_FIXED_GNUTLS"
 		fi ;;
 	esac
 	[ -n "${REKEYGUARD_PROVOKE_REKEY-}" ] &&

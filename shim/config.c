@@ -27,7 +27,8 @@ static struct rg_config rg_config_value = {
 static pthread_once_t rg_config_once = PTHREAD_ONCE_INIT;
 
 static const char *const rg_mode_names[] = {
-	[RG_MODE_AUTO] = "auto", [RG_MODE_GUARD] = "guard", [RG_MODE_OFF] = "off",
+	[RG_MODE_AUTO] = "auto", [RG_MODE_GUARD] = "guard",
+	[RG_MODE_KEYUPDATE] = "keyupdate", [RG_MODE_OFF] = "off",
 };
 static const char *const rg_notice_names[] = {
 	[RG_NOTICE_AUTO] = "auto", [RG_NOTICE_ON] = "on", [RG_NOTICE_OFF] = "off",
@@ -141,7 +142,7 @@ static void rg_config_parse(void)
 	/* REKEYGUARD_LOG first, so that it governs the MODE message too. */
 	rg_config_value.log_level = rg_config_enum("REKEYGUARD_LOG", rg_level_names, 4,
 						   RG_LOG_WARN);
-	rg_config_value.mode = rg_config_enum("REKEYGUARD_MODE", rg_mode_names, 3,
+	rg_config_value.mode = rg_config_enum("REKEYGUARD_MODE", rg_mode_names, RG_MODE_COUNT,
 					      RG_MODE_AUTO);
 	rg_config_value.notice_level = rg_config_notice() ? RG_LOG_WARN : RG_LOG_INFO;
 	rg_config_provoke();

@@ -235,7 +235,7 @@ RG_EXPORT long rekeyguard_inject_activate(void)
 	if (!first)
 		return result;
 
-	if (!rg_guarding()) {
+	if (!rg_tracking()) {
 		rg_log(RG_LOG_WARN, "injected, but guarding is off (GnuTLS %s, REKEYGUARD_MODE=%s); "
 		       "nothing patched", rg_gnutls_version(), rg_mode_name(rg_config_get()->mode));
 		result = 0;

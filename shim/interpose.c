@@ -26,7 +26,7 @@
 struct rg_real_table rg_real;
 
 static pthread_once_t rg_bind_once = PTHREAD_ONCE_INIT;
-static bool rg_guard_enabled;
+static enum rg_mode rg_active_mode = RG_MODE_OFF;
 static const char *rg_version_string = "unknown";
 
 #define RG_SYM(name, required) { #name, offsetof(struct rg_real_table, name), required }
@@ -58,6 +58,8 @@ static const struct rg_symbol {
 	RG_SYM(gnutls_alert_send, true),
 	RG_SYM(gnutls_alert_send_appropriate, true),
 	RG_SYM(gnutls_session_key_update, false),
+	RG_SYM(gnutls_handshake_update_receiving_key, false),
+	RG_SYM(gnutls_handshake_set_hook_function, true),
 	RG_SYM(gnutls_session_ticket_send, false),
 	RG_SYM(gnutls_session_get_data, true),
 	RG_SYM(gnutls_session_get_data2, true),
@@ -143,32 +145,36 @@ static void rg_bind(void)
 		if (rg_real.gnutls_init.fn != NULL)
 			rg_log(RG_LOG_ERROR, "GnuTLS %s lacks %s; protection is off",
 			       rg_version_string, missing);
-		rg_guard_enabled = false;
+		rg_active_mode = RG_MODE_OFF;
 		return;
 	}
-	switch (config->mode) {
-	case RG_MODE_OFF:
-		rg_guard_enabled = false;
-		break;
-	case RG_MODE_GUARD:
-		rg_guard_enabled = true;
-		break;
-	case RG_MODE_AUTO:
-		/* GnuTLS 3.8.11 reworked key updates (merge request 1990). */
-		rg_guard_enabled = rg_real.gnutls_check_version.fn("3.8.11") == NULL;
-		if (!rg_guard_enabled)
-			rg_log(RG_LOG_INFO, "GnuTLS %s is not affected; standing down "
-			       "(REKEYGUARD_MODE=guard forces guarding)", rg_version_string);
-		break;
+	rg_active_mode = config->mode;
+	if (config->mode == RG_MODE_AUTO) {
+		/* GnuTLS 3.8.11 reworked key updates (merge request 1990):
+		 * sending and receiving are safe together, the key changes of
+		 * the two directions still are not (keyupdate.c). */
+		bool reworked = rg_real.gnutls_check_version.fn("3.8.11") != NULL;
+		rg_active_mode = reworked ? RG_MODE_KEYUPDATE : RG_MODE_GUARD;
 	}
 	rg_log(RG_LOG_DEBUG, "GnuTLS %s, REKEYGUARD_MODE=%s: %s", rg_version_string,
-	       rg_mode_name(config->mode), rg_guard_enabled ? "guarding" : "pass-through");
+	       rg_mode_name(config->mode), rg_mode_name(rg_active_mode));
+}
+
+enum rg_mode rg_active(void)
+{
+	pthread_once(&rg_bind_once, rg_bind);
+	return rg_active_mode;
+}
+
+bool rg_tracking(void)
+{
+	enum rg_mode mode = rg_active();
+	return mode == RG_MODE_GUARD || mode == RG_MODE_KEYUPDATE;
 }
 
 bool rg_guarding(void)
 {
-	pthread_once(&rg_bind_once, rg_bind);
-	return rg_guard_enabled;
+	return rg_active() == RG_MODE_GUARD;
 }
 
 const char *rg_gnutls_version(void)
@@ -253,6 +259,8 @@ RG_GUARDED_2(int, gnutls_alert_send, RG_FAMILY_ALERT, gnutls_alert_level_t, leve
 RG_GUARDED_1(int, gnutls_alert_send_appropriate, RG_FAMILY_ALERT, int, err)
 /* Key changes and post-handshake messages. */
 RG_GUARDED_1(int, gnutls_session_key_update, RG_FAMILY_KEY_UPDATE, unsigned, flags)
+/* GnuTLS 3.8.11 and later: a receive-side key change without a message. */
+RG_GUARDED_0(int, gnutls_handshake_update_receiving_key, RG_FAMILY_RECV_KEY)
 RG_GUARDED_2(int, gnutls_session_ticket_send, RG_FAMILY_TICKET, unsigned, nr, unsigned, flags)
 
 /* For provoke.c: the guarded key update, reached without the dynamic
@@ -333,7 +341,7 @@ static __thread bool rg_in_init __attribute__((tls_model("initial-exec")));
 static struct rg_session *rg_short_begin(gnutls_session_t session, bool *nested)
 {
 	*nested = false;
-	if (!rg_guarding() || rg_in_init)
+	if (!rg_tracking() || rg_in_init)
 		return NULL;
 	struct rg_session *current = rg_transport_current();
 	if (current != NULL && current->session == session) {
@@ -344,6 +352,17 @@ static struct rg_session *rg_short_begin(gnutls_session_t session, bool *nested)
 	if (s != NULL)
 		rg_session_lock(s, __func__);
 	return s;
+}
+
+/* The same, for calls whose entry state exists only under the full guard
+ * (pending counts, direction, the output queue, timeouts): in keyupdate
+ * mode they go straight to GnuTLS. */
+static struct rg_session *rg_short_begin_guarded(gnutls_session_t session, bool *nested)
+{
+	*nested = false;
+	if (!rg_guarding())
+		return NULL;
+	return rg_short_begin(session, nested);
 }
 
 static void rg_short_end(struct rg_session *s, bool nested)
@@ -364,7 +383,7 @@ static size_t real_gnutls_record_check_pending(gnutls_session_t session)
 static size_t guard_gnutls_record_check_pending(gnutls_session_t session)
 {
 	bool nested;
-	struct rg_session *s = rg_short_begin(session, &nested);
+	struct rg_session *s = rg_short_begin_guarded(session, &nested);
 	if (s == NULL)
 		return real_gnutls_record_check_pending(session);
 	size_t pending = real_gnutls_record_check_pending(session);
@@ -387,7 +406,7 @@ static int real_gnutls_record_get_direction(gnutls_session_t session)
 static int guard_gnutls_record_get_direction(gnutls_session_t session)
 {
 	bool nested;
-	struct rg_session *s = rg_short_begin(session, &nested);
+	struct rg_session *s = rg_short_begin_guarded(session, &nested);
 	if (s == NULL)
 		return real_gnutls_record_get_direction(session);
 	/* 1 when the shim itself returned AGAIN while writing. */
@@ -412,7 +431,7 @@ static size_t real_gnutls_record_discard_queued(gnutls_session_t session)
 static size_t guard_gnutls_record_discard_queued(gnutls_session_t session)
 {
 	bool nested;
-	struct rg_session *s = rg_short_begin(session, &nested);
+	struct rg_session *s = rg_short_begin_guarded(session, &nested);
 	if (s == NULL)
 		return real_gnutls_record_discard_queued(session);
 	/* GnuTLS's own send buffer is empty under the shim: the bytes it
@@ -438,7 +457,7 @@ static void guard_gnutls_record_set_timeout(gnutls_session_t session, unsigned i
 {
 	/* Recorded: a receive with a timeout never reads ahead. */
 	bool nested;
-	struct rg_session *s = rg_short_begin(session, &nested);
+	struct rg_session *s = rg_short_begin_guarded(session, &nested);
 	real_gnutls_record_set_timeout(session, ms);
 	if (s != NULL) {
 		s->record_timeout_ms = ms;
@@ -462,7 +481,7 @@ static int real_gnutls_init(gnutls_session_t *session, unsigned int flags)
 
 static int guard_gnutls_init(gnutls_session_t *session, unsigned int flags)
 {
-	bool guard = rg_guarding();
+	bool guard = rg_tracking();
 	rg_in_init = true;
 	int ret = real_gnutls_init(session, flags);
 	rg_in_init = false;
@@ -479,6 +498,9 @@ static int guard_gnutls_init(gnutls_session_t *session, unsigned int flags)
 		return ret;
 	}
 	rg_transport_install(s);
+	if (rg_active() == RG_MODE_KEYUPDATE)
+		rg_real.gnutls_handshake_set_hook_function.fn(*session, GNUTLS_HANDSHAKE_ANY,
+							      GNUTLS_HOOK_BOTH, rg_keyupdate_hook);
 	return ret;
 }
 
@@ -495,7 +517,7 @@ static void real_gnutls_deinit(gnutls_session_t session)
 
 static void guard_gnutls_deinit(gnutls_session_t session)
 {
-	struct rg_session *s = rg_guarding() ? rg_registry_remove(session) : NULL;
+	struct rg_session *s = rg_tracking() ? rg_registry_remove(session) : NULL;
 	if (s == NULL) {
 		real_gnutls_deinit(session);
 		return;
@@ -574,6 +596,48 @@ RG_SETTER(gnutls_transport_set_pull_timeout_function, (, gnutls_pull_timeout_fun
 	   rg_transport_refresh(s);))
 RG_SETTER(gnutls_transport_set_errno_function, (, gnutls_errno_func errno_func),
 	  (, errno_func), (s->app_errno = errno_func;))
+
+/* The application's handshake hook. In keyupdate mode the shim's own hook
+ * stays installed and calls the application's exactly as GnuTLS would;
+ * a hook for GNUTLS_HANDSHAKE_CHANGE_CIPHER_SPEC alone (GnuTLS's testing
+ * API, not passed to ANY hooks) goes to GnuTLS itself, and that session's
+ * received key updates are then not serialised. */
+static void real_gnutls_handshake_set_hook_function(gnutls_session_t session, unsigned htype,
+						    int when, gnutls_handshake_hook_func func)
+{
+	if (rg_real.gnutls_handshake_set_hook_function.fn != NULL)
+		rg_real.gnutls_handshake_set_hook_function.fn(session, htype, when, func);
+}
+
+static void guard_gnutls_handshake_set_hook_function(gnutls_session_t session, unsigned htype,
+						     int when, gnutls_handshake_hook_func func)
+{
+	bool nested;
+	struct rg_session *s = rg_active() == RG_MODE_KEYUPDATE ? rg_short_begin(session, &nested)
+								 : NULL;
+	if (s == NULL) {
+		real_gnutls_handshake_set_hook_function(session, htype, when, func);
+		return;
+	}
+	s->app_hook = func;
+	s->app_hook_htype = htype;
+	s->app_hook_when = when;
+	if (htype == GNUTLS_HANDSHAKE_CHANGE_CIPHER_SPEC && func != NULL) {
+		rg_log(RG_LOG_INFO, "a CHANGE_CIPHER_SPEC hook replaces the shim's: this "
+		       "session's received key updates are not serialised");
+		real_gnutls_handshake_set_hook_function(session, htype, when, func);
+	} else {
+		real_gnutls_handshake_set_hook_function(session, GNUTLS_HANDSHAKE_ANY,
+							GNUTLS_HOOK_BOTH, rg_keyupdate_hook);
+	}
+	rg_short_end(s, nested);
+}
+
+RG_EXPORT void gnutls_handshake_set_hook_function(gnutls_session_t session, unsigned htype,
+						  int when, gnutls_handshake_hook_func func)
+{
+	guard_gnutls_handshake_set_hook_function(session, htype, when, func);
+}
 
 static gnutls_transport_ptr_t real_gnutls_transport_get_ptr(gnutls_session_t session)
 {
@@ -678,7 +742,7 @@ static void guard_gnutls_transport_set_fastopen(gnutls_session_t session, int fd
 {
 	/* TCP Fast Open brings its own transport: the session is handed back
 	 * to GnuTLS and no longer guarded (documented limit). */
-	struct rg_session *s = rg_guarding() ? rg_registry_remove(session) : NULL;
+	struct rg_session *s = rg_tracking() ? rg_registry_remove(session) : NULL;
 	if (s != NULL) {
 		rg_session_lock(s, __func__);
 		while (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 0)
@@ -712,5 +776,5 @@ RG_EXPORT unsigned long rekeyguard_sessions_guarded(void)
 
 RG_EXPORT const char *rekeyguard_active_mode(void)
 {
-	return rg_guarding() ? "guard" : "off";
+	return rg_mode_name(rg_active());
 }

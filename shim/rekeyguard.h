@@ -1,5 +1,5 @@
 /*
- * rekeyguard.h — declarations shared by the shim's four files.
+ * rekeyguard.h — declarations shared by the shim's files.
  *
  *   interpose.c  binding of the real GnuTLS functions and the exported
  *                wrappers (real_<fn> thunk -> guard_<fn> -> exported <fn>)
@@ -9,6 +9,7 @@
  *                staging buffers, and the outer loop that performs the
  *                application's blocking I/O with the session lock dropped
  *   config.c     environment parsing and logging
+ *   keyupdate.c  REKEYGUARD_MODE=keyupdate: only the key changes serialised
  *   provoke.c    forced key updates for validation (REKEYGUARD_PROVOKE_REKEY)
  *   inject.c     late loading into a running process: GOT patching
  *
@@ -17,7 +18,9 @@
  *      and the reference count increments; held for a few instructions.
  *   2. a session's lock (struct rg_session.lock): guards every field of the
  *      entry and is held for the whole of each real GnuTLS call on that
- *      session, never while the application's transport may block.
+ *      session, never while the application's transport may block. In
+ *      keyupdate mode it is held only across GnuTLS's key changes
+ *      (keyupdate.c), never across transport I/O or a callback.
  * No path holds both: a lookup takes its stripe lock, takes a reference
  * and releases the stripe before locking the session.
  */
@@ -39,7 +42,8 @@
 /* ---- config.c -------------------------------------------------------- */
 
 enum rg_log_level { RG_LOG_ERROR = 0, RG_LOG_WARN, RG_LOG_INFO, RG_LOG_DEBUG };
-enum rg_mode { RG_MODE_AUTO = 0, RG_MODE_GUARD, RG_MODE_OFF };
+enum rg_mode { RG_MODE_AUTO = 0, RG_MODE_GUARD, RG_MODE_KEYUPDATE, RG_MODE_OFF };
+#define RG_MODE_COUNT 4
 enum rg_notice { RG_NOTICE_AUTO = 0, RG_NOTICE_ON, RG_NOTICE_OFF };
 
 struct rg_config {
@@ -86,6 +90,9 @@ struct rg_real_table {
 	RG_REAL_SLOT(int, gnutls_alert_send, (gnutls_session_t, gnutls_alert_level_t, gnutls_alert_description_t));
 	RG_REAL_SLOT(int, gnutls_alert_send_appropriate, (gnutls_session_t, int));
 	RG_REAL_SLOT(int, gnutls_session_key_update, (gnutls_session_t, unsigned));
+	RG_REAL_SLOT(int, gnutls_handshake_update_receiving_key, (gnutls_session_t));
+	RG_REAL_SLOT(void, gnutls_handshake_set_hook_function,
+		     (gnutls_session_t, unsigned, int, gnutls_handshake_hook_func));
 	RG_REAL_SLOT(int, gnutls_session_ticket_send, (gnutls_session_t, unsigned, unsigned));
 	RG_REAL_SLOT(int, gnutls_session_get_data, (gnutls_session_t, void *, size_t *));
 	RG_REAL_SLOT(int, gnutls_session_get_data2, (gnutls_session_t, gnutls_datum_t *));
@@ -114,9 +121,16 @@ struct rg_real_table {
 
 extern struct rg_real_table rg_real;
 
-/* Binds rg_real (once) and decides whether guarding is on. Returns true
- * when sessions are to be guarded. */
+/* Binds rg_real (once) and decides what the shim does (REKEYGUARD_MODE
+ * and the GnuTLS version): RG_MODE_GUARD (every call serialised, the
+ * transport outside the lock), RG_MODE_KEYUPDATE (only the key changes
+ * serialised, keyupdate.c) or RG_MODE_OFF (pure pass-through). */
+enum rg_mode rg_active(void);
+/* rg_active() == RG_MODE_GUARD */
 bool rg_guarding(void);
+/* Sessions get registry entries and the shim's callbacks (guard or
+ * keyupdate). */
+bool rg_tracking(void);
 /* "3.7.9" or "unknown". */
 const char *rg_gnutls_version(void);
 /* The guarded gnutls_session_key_update, for provoke.c. */
@@ -157,6 +171,7 @@ enum rg_family {
 	RG_FAMILY_BYE,
 	RG_FAMILY_ALERT,
 	RG_FAMILY_KEY_UPDATE,
+	RG_FAMILY_RECV_KEY,  /* gnutls_handshake_update_receiving_key: no I/O */
 	RG_FAMILY_TICKET,
 	RG_FAMILY_HEARTBEAT,
 	RG_FAMILY_SESSION_DATA,
@@ -191,6 +206,10 @@ struct rg_session {
 	gnutls_vec_push_func app_vec_push;    /*   and app_vec_push; both NULL: sendmsg() */
 	gnutls_errno_func app_errno;          /* NULL: errno */
 	gnutls_transport_ptr_t app_recv_ptr, app_send_ptr;
+	/* The application's handshake hook (keyupdate mode chains to it). */
+	gnutls_handshake_hook_func app_hook;
+	unsigned app_hook_htype;
+	int app_hook_when;
 
 	/* errno the shim's callbacks report to GnuTLS in a guarded call */
 	int cb_errno;
@@ -277,6 +296,21 @@ struct rg_call {
  * guarded loop. */
 ssize_t rg_guard_call(struct rg_call *call);
 
+/* ---- keyupdate.c ------------------------------------------------------- */
+
+/* The hook installed on every tracked session in keyupdate mode. */
+int rg_keyupdate_hook(gnutls_session_t session, unsigned htype, unsigned when,
+		      unsigned incoming, const gnutls_datum_t *msg);
+/* A key update on a tracked session (gnutls_session_key_update: the lock
+ * is taken after its last push), or a receive-key change (locked). */
+ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call);
+ssize_t rg_keyupdate_run_locked(struct rg_session *s, struct rg_call *call);
+/* The shim's push/pull callbacks around the application's transport. */
+void rg_keyupdate_before_io(void);
+void rg_keyupdate_after_push(struct rg_session *s, ssize_t ret);
+/* End of every wrapped call: drops a lock this thread still holds. */
+void rg_keyupdate_call_end(void);
+
 /* ---- provoke.c --------------------------------------------------------- */
 
 /* Runs a send through dispatch and, after every REKEYGUARD_PROVOKE_REKEY
@@ -302,6 +336,9 @@ uint64_t rg_monotonic_ns(void);
 
 /* The entry whose lock this thread holds inside a real call, if any. */
 struct rg_session *rg_transport_current(void);
+
+/* The one-time notice, once a TLS 1.3 session is protected. */
+void rg_notice_protected(gnutls_session_t session);
 
 /* Discards queued bytes no thread is writing; returns how many. */
 size_t rg_transport_discard_queued(struct rg_session *s);

@@ -597,8 +597,10 @@ static ssize_t rg_pull_delivered(struct rg_session *s, void *buf, size_t len, ss
 static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct rg_session *s = ptr;
-	if (rg_thread.current != s)        /* outside a guarded call */
+	if (rg_thread.current != s) {      /* outside a guarded call */
+		rg_keyupdate_before_io();
 		return rg_app_pull(s, buf, len);
+	}
 
 	s->at_record_boundary = false;
 	if (s->in_off < s->in_len) {
@@ -638,8 +640,10 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
 	struct rg_session *s = ptr;
-	if (rg_thread.current != s)
+	if (rg_thread.current != s) {
+		rg_keyupdate_before_io();
 		return rg_app_pull_timeout(s, ms);
+	}
 	s->timeout_seen = true;
 
 	if (s->in_off < s->in_len)
@@ -686,8 +690,13 @@ static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int count)
 {
 	struct rg_session *s = ptr;
-	if (rg_thread.current != s)
-		return rg_app_push(s, iov, count, 0);
+	if (rg_thread.current != s) {
+		/* keyupdate mode: never push under the key-update lock */
+		rg_keyupdate_before_io();
+		ssize_t n = rg_app_push(s, iov, count, 0);
+		rg_keyupdate_after_push(s, n);
+		return n;
+	}
 	if (s->push_dead_errno != 0) {     /* the transport failed for good */
 		s->cb_errno = errno = s->push_dead_errno;
 		return -1;
@@ -775,24 +784,35 @@ void rg_transport_release(struct rg_session *s)
 	else if (s->app_push != NULL)
 		rg_real.gnutls_transport_set_push_function.fn(s->session, s->app_push);
 	rg_real.gnutls_transport_set_ptr2.fn(s->session, s->app_recv_ptr, s->app_send_ptr);
+	if (rg_active() == RG_MODE_KEYUPDATE)
+		rg_real.gnutls_handshake_set_hook_function.fn(
+			s->session, s->app_hook != NULL ? s->app_hook_htype : GNUTLS_HANDSHAKE_ANY,
+			s->app_hook != NULL ? s->app_hook_when : GNUTLS_HOOK_BOTH, s->app_hook);
 }
 
 /* ---- the guarded loop ------------------------------------------------- */
 
-static void rg_notice_tls13(struct rg_session *s, struct rg_call *call, ssize_t ret)
+void rg_notice_protected(gnutls_session_t session)
 {
 	static int noticed;
+	if (rg_real.gnutls_protocol_get_version.fn(session) != GNUTLS_TLS1_3)
+		return;
+	if (__atomic_exchange_n(&noticed, 1, __ATOMIC_ACQ_REL) == 0)
+		rg_log(rg_config_get()->notice_level, "guarding TLS 1.3 sessions against the "
+		       "key-update race (GnuTLS %s, REKEYGUARD_MODE=%s: %s)", rg_gnutls_version(),
+		       rg_mode_name(rg_config_get()->mode),
+		       rg_guarding() ? "every call serialised"
+				     : "key changes serialised, the rest left to GnuTLS");
+}
+
+static void rg_notice_tls13(struct rg_session *s, struct rg_call *call, ssize_t ret)
+{
 	bool done = (call->family == RG_FAMILY_HANDSHAKE && ret == 0) ||
 		    ((call->family == RG_FAMILY_SEND || call->family == RG_FAMILY_RECV) && ret >= 0);
 	if (!done)
 		return;
 	s->proto_checked = true;
-	if (rg_real.gnutls_protocol_get_version.fn(s->session) != GNUTLS_TLS1_3)
-		return;
-	if (__atomic_exchange_n(&noticed, 1, __ATOMIC_ACQ_REL) == 0)
-		rg_log(rg_config_get()->notice_level, "guarding TLS 1.3 sessions against the key-update race "
-		       "(GnuTLS %s, REKEYGUARD_MODE=%s)", rg_gnutls_version(),
-		       rg_mode_name(rg_config_get()->mode));
+	rg_notice_protected(s->session);
 }
 
 /* A record gnutls_record_uncork sent (a nested gnutls_record_send). */
@@ -931,9 +951,37 @@ out:
 	return ret;
 }
 
+/* keyupdate mode: every call goes straight to GnuTLS; key changes take the
+ * session's lock as keyupdate.c describes. */
+static ssize_t rg_keyupdate_dispatch(struct rg_call *call)
+{
+	ssize_t ret;
+	if (call->family != RG_FAMILY_KEY_UPDATE && call->family != RG_FAMILY_RECV_KEY) {
+		ret = call->invoke(call);
+		rg_keyupdate_call_end();
+		return ret;
+	}
+	struct rg_session *s = rg_registry_lookup_ref(call->session);
+	if (s == NULL) {
+		rg_registry_note_unguarded(call->session);
+		return call->invoke(call);
+	}
+	if (call->family == RG_FAMILY_KEY_UPDATE)
+		ret = rg_keyupdate_run(s, call);
+	else
+		ret = rg_keyupdate_run_locked(s, call);
+	rg_session_lock(s, __func__);
+	rg_registry_unref_locked(s);
+	rg_session_unlock(s, __func__);
+	return ret;
+}
+
 static ssize_t rg_guard_dispatch(struct rg_call *call)
 {
-	if (!rg_guarding())
+	enum rg_mode mode = rg_active();
+	if (mode == RG_MODE_KEYUPDATE)
+		return rg_keyupdate_dispatch(call);
+	if (mode != RG_MODE_GUARD)
 		return call->invoke(call);
 	struct rg_session *current = rg_thread.current;
 	if (current != NULL && current->session == call->session) {

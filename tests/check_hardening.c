@@ -280,7 +280,7 @@ END_TEST
 
 /* ============================================================== config */
 
-#define ACCEPT_MODE "auto, guard, off"
+#define ACCEPT_MODE "auto, guard, keyupdate, off"
 #define ACCEPT_LOG "error, warn, info, debug"
 #define ACCEPT_PROVOKE "a record count from 1 to 16777216, optionally followed by :peer"
 

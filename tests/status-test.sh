@@ -1,7 +1,8 @@
 #!/bin/bash
 # status-test.sh — rekeyguard-status against real processes: one plain, one
 # preloaded, one whose LD_PRELOAD names the library but cannot load it (as
-# in secure-execution mode), one preloaded with REKEYGUARD_MODE=off.
+# in secure-execution mode), one preloaded with REKEYGUARD_MODE=off, one
+# with REKEYGUARD_MODE=keyupdate.
 # Prints what it checked; exits non-zero on the first mismatch.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -22,6 +23,7 @@ start LD_PRELOAD=;                                   plain=$started
 start LD_PRELOAD="$lib";                             guarded=$started
 start LD_PRELOAD=/nonexistent/librekeyguard.so;      trap_pid=$started
 start LD_PRELOAD="$lib" REKEYGUARD_MODE=off;         off=$started
+start LD_PRELOAD="$lib" REKEYGUARD_MODE=keyupdate;   ku=$started
 sleep 1   # let each map libgnutls and start its sessions
 
 check() {   # check PID EXPECTED-STATE [TEXT]
@@ -34,6 +36,8 @@ check() {   # check PID EXPECTED-STATE [TEXT]
 }
 check "$plain" unprotected "restart it with LD_PRELOAD"
 check "$guarded" protected "library: $lib"
+check "$guarded" protected "every GnuTLS call serialised"
+check "$ku" protected "key changes serialised"
 check "$trap_pid" unprotected "secure-execution mode"
 check "$off" unprotected "REKEYGUARD_MODE=off"
 check $$ not-affected

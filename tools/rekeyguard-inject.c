@@ -833,8 +833,8 @@ static int process_one(pid_t pid, const char *lib)
 			if (res.outcome == INJ_CALL_DONE)
 				say("  rekeyguard_inject_activate: %ld%s\n", res.activate_ret,
 				    res.activate_ret > 0 ? " GOT slots patched (GnuTLS functions and dlopen)" :
-				    res.activate_ret == 0 ? " (guarding is off: GnuTLS 3.8.11 or newer, "
-				    "or REKEYGUARD_MODE=off; the library passes through)" : " (error; see the process's log)");
+				    res.activate_ret == 0 ? " (guarding is off: REKEYGUARD_MODE=off, "
+				    "or GnuTLS lacks a function the library needs; it passes through)" : " (error; see the process's log)");
 			rc = (m != NULL && res.outcome == INJ_CALL_DONE && res.activate_ret >= 0) ? 0 : 1;
 		}
 		say("  main thread borrowed %.2f ms: caught in %s after %u interrupt%s, library load "

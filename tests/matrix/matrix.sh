@@ -15,7 +15,7 @@
 #   (a) REKEYGUARD_MODE=guard: every scenario passes (GUARD_RUNS each) and
 #       rg-differential's transcript equals the plain one;
 #   (b) REKEYGUARD_MODE=auto: rekeyguard_active_mode() (guard below 3.8.11,
-#       off from 3.8.11 on);
+#       keyupdate from 3.8.11 on);
 #   (c) the plain failure rate of the race scenarios (N runs each).
 # Results: MATRIX_CACHE/results/<time>/<target>/ and a table on stdout
 # (also in summary.txt).  Exit 0 when (a) and (b) hold for every target.

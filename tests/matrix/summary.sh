@@ -2,7 +2,7 @@
 # tests/matrix/summary.sh RESULTS_DIR — the table of a matrix.sh run.
 # Exit 0 when, for every target, the build worked, every guarded scenario
 # passed, the guarded and auto differential transcripts equal the plain one,
-# and auto mode chose guard below GnuTLS 3.8.11 and off from 3.8.11 on.
+# and auto mode chose guard below GnuTLS 3.8.11 and keyupdate from 3.8.11 on.
 set -u
 res=$1
 bad=0
@@ -35,7 +35,7 @@ for t in $order; do
 			"$(get "$d" diff_cases)" "$(get "$d" diff_lines)" "$mode"
 		[ "$tr" = identical ] && [ "$(get "$d" diff_plain_rc)" = 0 ] && [ "$(get "$d" "diff_${m}_rc")" = 0 ] || bad=1
 	done
-	want=guard; ver_ge "$v" 3.8.11 && want=off
+	want=guard; ver_ge "$v" 3.8.11 && want=keyupdate
 	amode=$(get "$d" diff_auto_mode)
 	verdict=ok; [ "$amode" = "$want" ] || { verdict="WRONG (expected $want)"; bad=1; }
 	echo "    (b) auto mode: rekeyguard_active_mode()=$amode -> $verdict"
