@@ -3,6 +3,7 @@
  *
  *   rg-bench [--rounds N] [--seconds S] [--smoke] [--out DIR]
  *            [--shim PATH] [--naive PATH] [--qemustyle PATH] [--chart PATH]
+ *            [--configs ID,ID,...] [--title TEXT]   (e.g. --configs "2,2',3")
  *       The driver: runs every workload under every configuration,
  *       interleaved, and writes DIR/latest.md, latest.csv, latest-runs.csv
  *       and latest.png. Defaults: BENCH_ROUNDS (10) and BENCH_SECONDS (1)
@@ -28,6 +29,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: rg-bench [--rounds N] [--seconds S] [--smoke] [--out DIR]\n"
 		"                [--shim PATH] [--naive PATH] [--qemustyle PATH] [--chart PATH]\n"
+		"                [--configs ID,ID,...] [--title TEXT]\n"
 		"       rg-bench worker raw|a|b|c|d|e|f|g [--prio aes|chacha] [--warmup S]\n"
 		"                [--seconds S] [--stall S] [--sessions N]\n");
 	exit(2);
@@ -138,6 +140,10 @@ int main(int argc, char **argv)
 			o.qemustyle = value;
 		else if (strcmp(argv[i], "--chart") == 0)
 			o.chart = value;
+		else if (strcmp(argv[i], "--configs") == 0)
+			o.configs = value;
+		else if (strcmp(argv[i], "--title") == 0)
+			o.title = value;
 		else
 			usage();
 		i++;

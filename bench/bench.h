@@ -122,6 +122,8 @@ struct bench_plan_opts {
 	const char *naive;      /* bench/libnaivelock.so */
 	const char *qemustyle;  /* bench/libqemustyle.so */
 	const char *chart;      /* bench/chart.gp */
+	const char *configs;    /* --configs: ids to run ("2,2',3"), NULL: all */
+	const char *title;      /* --title: first line of latest.md, NULL: default */
 };
 
 int bench_driver(const struct bench_plan_opts *opts);

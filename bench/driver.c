@@ -489,6 +489,28 @@ int bench_driver(const struct bench_plan_opts *opts)
 	memcpy(res.config_labels, config_labels, sizeof config_labels);
 	res.started = time(NULL);
 
+	if (opts->configs != NULL) {
+		/* --configs: only the named columns (ids as in the report). */
+		bool keep[CFG_COUNT] = { false };
+		char list[128];
+		snprintf(list, sizeof list, "%s", opts->configs);
+		for (char *save = NULL, *id = strtok_r(list, ",", &save); id != NULL;
+		     id = strtok_r(NULL, ",", &save)) {
+			int c = 0;
+			while (c < CFG_COUNT && strcmp(config_ids[c], id) != 0)
+				c++;
+			if (c == CFG_COUNT) {
+				fprintf(stderr, "rg-bench: --configs: unknown id '%s' (ids: 1, 2, 2', "
+					"3, 4, 5, 6)\n", id);
+				return 2;
+			}
+			keep[c] = true;
+		}
+		for (int i = 0; i < nworkloads; i++)
+			for (int c = 0; c < CFG_COUNT; c++)
+				full_plan[i].configs[c] = full_plan[i].configs[c] && keep[c];
+	}
+
 	int nruns = 0;
 	double run_seconds = 0;
 	for (int i = 0; i < nworkloads; i++)

@@ -424,7 +424,7 @@ static void markdown_write(FILE *f, const struct bench_results *r, const struct 
 	const struct bench_workload *raw = bench_find_workload(r, "raw");
 	const struct bench_workload *c = bench_find_workload(r, "c");
 
-	fprintf(f, "# rekeyguard benchmark%s\n\n",
+	fprintf(f, "# %s%s\n\n", r->opts->title != NULL ? r->opts->title : "rekeyguard benchmark",
 		r->opts->smoke ? " (SMOKE RUN: tiny sizes, not a measurement)" : "");
 	fprintf(f, "%s · %s · %s, %ld CPUs · %s · GnuTLS %s · rekeyguard commit %s\n\n",
 		m->date, m->host, m->cpu, m->cpus, m->kernel, m->gnutls, m->commit);

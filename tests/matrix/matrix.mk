@@ -36,3 +36,12 @@ matrix-clean:
 	@for t in $(filter-out host,$(MATRIX_TARGETS)); do \
 	    $(MATRIX_DIR)/chroot.sh remove $$t; done
 	rm -rf $(MATRIX_CACHE)/results $(MATRIX_CACHE)/host-build
+
+# The benchmark inside one chroot: plain GnuTLS against the library's
+# default mode (BENCH_SUITE=sid measures keyupdate mode on 3.8.13).
+BENCH_SUITE ?= sid
+.PHONY: bench-matrix bench-matrix-smoke
+bench-matrix:
+	$(MATRIX_DIR)/bench-target.sh $(BENCH_SUITE) --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
+bench-matrix-smoke:
+	$(MATRIX_DIR)/bench-target.sh $(BENCH_SUITE) --smoke
