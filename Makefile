@@ -30,7 +30,7 @@ DEPS_BUILD = gcc make pkg-config libgnutls28-dev
 DEPS_CHECK = $(DEPS_BUILD) check gnutls-bin binutils
 
 TEST_CFLAGS = $(CFLAGS) $(WARN) -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS)
-TEST_PROGS  = tests/rg-scenario tests/rg-differential tests/check_rekeyguard
+TEST_PROGS  = tests/rg-scenario tests/rg-differential tests/rg-kurace tests/check_rekeyguard
 HARNESS     = tests/harness.c tests/harness.h
 
 .PHONY: all demo check tests deps-build deps-check install uninstall clean
@@ -56,6 +56,9 @@ tests/rg-scenario: tests/rg-scenario.c $(HARNESS)
 
 tests/rg-differential: tests/rg-differential.c $(HARNESS)
 	$(CC) $(TEST_CFLAGS) -o $@ tests/rg-differential.c tests/harness.c $(GNUTLS_LIBS) -ldl
+
+tests/rg-kurace: tests/rg-kurace.c $(HARNESS)
+	$(CC) $(TEST_CFLAGS) -o $@ tests/rg-kurace.c tests/harness.c $(GNUTLS_LIBS) -ldl
 
 tests/check_rekeyguard: tests/check_rekeyguard.c tests/check-runner.c tests/check-runner.h
 	$(CC) $(TEST_CFLAGS) -o $@ tests/check_rekeyguard.c tests/check-runner.c $(CHECK_LIBS)

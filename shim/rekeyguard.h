@@ -23,6 +23,27 @@
  *      (keyupdate.c), never across transport I/O or a callback.
  * No path holds both: a lookup takes its stripe lock, takes a reference
  * and releases the stripe before locking the session.
+ *
+ * GnuTLS calling back into the application while a guarded call holds the
+ * session lock (certificate, verify and handshake-hook callbacks,
+ * post_client_hello, the ticket and early-data paths) — the rule:
+ *   - a short call on the same session (transport getters and setters,
+ *     check_pending, get_direction, discard_queued, set_timeout, the hook
+ *     setter) uses the entry directly without locking it again
+ *     (interpose.c rg_short_begin): getters report the application's
+ *     transport, setters record into the entry;
+ *   - a record, handshake, alert or key-update call on the same session
+ *     is a nested call: it goes straight to GnuTLS, its I/O through the
+ *     shim's callbacks (queued, staged), and the outermost call does the
+ *     waiting afterwards;
+ *   - a call on another session takes that session's lock as usual. A
+ *     thread then holds two session locks; two threads doing so in
+ *     opposite orders would deadlock, which needs callbacks of two
+ *     sessions calling into each other's sessions (none known).
+ *   - a real call whose callback could not wait is never allowed to end as
+ *     if the wait had been done: where GnuTLS swallows the "would wait"
+ *     (gnutls_session_get_data2's ticket wait), the loop waits and asks
+ *     again (transport.c rg_guard_run).
  */
 #ifndef REKEYGUARD_SHIM_H
 #define REKEYGUARD_SHIM_H

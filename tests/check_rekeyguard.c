@@ -51,6 +51,7 @@ static char tests_dir[PATH_MAX];	/* where this program and rg-* live */
 static char lib_path[PATH_MAX];		/* absolute path of the shim */
 static char scenario_path[PATH_MAX + 32];
 static char differential_path[PATH_MAX + 32];
+static char kurace_path[PATH_MAX + 32];
 
 #define DUPLEX_PLAIN_RUNS	3
 #define DUPLEX_SECONDS		"2"
@@ -223,6 +224,51 @@ START_TEST(test_duplex_preloaded)
 	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
 	assert_shim_seen(&s);
 	run_free(&s.r);
+}
+END_TEST
+
+/* ============================================ the aligned key changes */
+
+/* rg-kurace: one thread's gnutls_session_key_update meets the other's
+ * processing of the peer's KeyUpdate (the race GnuTLS 3.8.11+ kept).
+ * Measured (Debian 12 host, trixie and sid chroots, 20 runs each): plain
+ * GnuTLS 3.7.9, 3.8.9 and 3.8.13 failed 20 of 20, so the plain failure is
+ * asserted; the library's default mode passes. */
+#define KURACE_PLAIN_RUNS 3
+#define KURACE_SECONDS "3"
+
+START_TEST(test_kurace_plain)
+{
+	const char *args[] = { "--seconds", KURACE_SECONDS, NULL };
+	int failed = 0;
+
+	for (int i = 0; i < KURACE_PLAIN_RUNS; i++) {
+		struct prog s;
+		prog_run(&s, kurace_path, args, NULL, NULL, 60);
+		prog_report("kurace plain", &s);
+		ck_assert_msg(!s.r.timed_out && !(s.r.exited && s.r.code == 2),
+			      "plain kurace run could not run properly: %s", how_ended(&s.r));
+		failed += !s.pass;
+		prog_free(&s);
+	}
+	say("  [kurace plain] %d of %d plain runs failed", failed, KURACE_PLAIN_RUNS);
+	ck_assert_msg(failed == KURACE_PLAIN_RUNS,
+		      "only %d of %d plain kurace runs failed: the reproducer no longer aligns "
+		      "the key changes, so the preloaded passes prove nothing",
+		      failed, KURACE_PLAIN_RUNS);
+}
+END_TEST
+
+START_TEST(test_kurace_preloaded)
+{
+	const char *args[] = { "--seconds", KURACE_SECONDS, NULL };
+	struct prog s;
+
+	prog_run(&s, kurace_path, args, lib_path, NULL, 60);
+	prog_report("kurace preloaded (default mode)", &s);
+	ck_assert_msg(s.pass, "%s: %s: %s", s.r.cmd, how_ended(&s.r), s.result);
+	assert_shim_seen(&s);
+	prog_free(&s);
 }
 END_TEST
 
@@ -810,6 +856,12 @@ static Suite *rekeyguard_suite(void)
 		tcase_add_loop_test(tc, test_differential, 0, 1);	/* fails: no cases */
 	suite_add_tcase(s, tc);
 
+	tc = tcase_create("kurace");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_kurace_plain);
+	tcase_add_loop_test(tc, test_kurace_preloaded, 0, 3);
+	suite_add_tcase(s, tc);
+
 	tc = tcase_create("passthrough");
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, test_mode_off_passthrough);
@@ -850,6 +902,7 @@ static int locate(void)
 	snprintf(tests_dir, sizeof tests_dir, "%s", self);
 	snprintf(scenario_path, sizeof scenario_path, "%s/rg-scenario", tests_dir);
 	snprintf(differential_path, sizeof differential_path, "%s/rg-differential", tests_dir);
+	snprintf(kurace_path, sizeof kurace_path, "%s/rg-kurace", tests_dir);
 	snprintf(guess, sizeof guess, "%s/../librekeyguard.so", tests_dir);
 	if (!realpath(env && *env ? env : guess, lib_path)) {
 		fprintf(stderr, "check_rekeyguard: the shim %s: %s (run make first, or set "

@@ -45,3 +45,12 @@ bench-matrix:
 	$(MATRIX_DIR)/bench-target.sh $(BENCH_SUITE) --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
 bench-matrix-smoke:
 	$(MATRIX_DIR)/bench-target.sh $(BENCH_SUITE) --smoke
+
+# The residual key-update race (tests/rg-kurace.c) per GnuTLS: KURACE_RUNS
+# plain runs and as many with the library in its default mode.
+KURACE_RUNS    ?= 20
+KURACE_TARGETS ?= host trixie sid
+.PHONY: kurace
+kurace:
+	@for t in $(KURACE_TARGETS); do \
+	    $(MATRIX_DIR)/kurace.sh --runs $(KURACE_RUNS) --mode auto $$t || exit 1; done
