@@ -154,6 +154,11 @@ const struct rg_config *rg_config_get(void)
 	return &rg_config_value;
 }
 
+const struct rg_config *rg_config_value_parsed(void)
+{
+	return &rg_config_value;
+}
+
 bool rg_log_enabled(enum rg_log_level level)
 {
 	/* Errors always print: they explain why protection is off. */

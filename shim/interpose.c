@@ -27,6 +27,7 @@ struct rg_real_table rg_real;
 
 static pthread_once_t rg_bind_once = PTHREAD_ONCE_INIT;
 static enum rg_mode rg_active_mode = RG_MODE_OFF;
+static bool rg_errno_send_ptr;  /* see rg_errno_gets_send_ptr */
 static const char *rg_version_string = "unknown";
 
 #define RG_SYM(name, required) { #name, offsetof(struct rg_real_table, name), required }
@@ -148,6 +149,8 @@ static void rg_bind(void)
 		rg_active_mode = RG_MODE_OFF;
 		return;
 	}
+	/* GnuTLS 3.8.2 "lib: Use correct transport getting error number". */
+	rg_errno_send_ptr = rg_real.gnutls_check_version.fn("3.8.2") != NULL;
 	rg_active_mode = config->mode;
 	if (config->mode == RG_MODE_AUTO) {
 		/* GnuTLS 3.8.11 reworked key updates (merge request 1990):
@@ -160,9 +163,20 @@ static void rg_bind(void)
 	       rg_mode_name(config->mode), rg_mode_name(rg_active_mode));
 }
 
+struct rg_hot rg_hot;
+
+static void rg_bind_once_run(void)
+{
+	rg_bind();
+	rg_hot.direct = rg_active_mode != RG_MODE_GUARD && rg_config_get()->provoke_every == 0;
+	/* Released last: rg_call_direct and rg_active read the rest after it. */
+	__atomic_store_n(&rg_hot.bound, true, __ATOMIC_RELEASE);
+}
+
 enum rg_mode rg_active(void)
 {
-	pthread_once(&rg_bind_once, rg_bind);
+	if (__builtin_expect(!__atomic_load_n(&rg_hot.bound, __ATOMIC_ACQUIRE), 0))
+		pthread_once(&rg_bind_once, rg_bind_once_run);
 	return rg_active_mode;
 }
 
@@ -175,6 +189,11 @@ bool rg_tracking(void)
 bool rg_guarding(void)
 {
 	return rg_active() == RG_MODE_GUARD;
+}
+
+bool rg_errno_gets_send_ptr(void)
+{
+	return rg_errno_send_ptr;
 }
 
 const char *rg_gnutls_version(void)
@@ -204,6 +223,11 @@ const char *rg_gnutls_version(void)
 	}                                                                          \
 	static type guard_##name(gnutls_session_t session RG_UNPAREN PARAMS)      \
 	{                                                                          \
+		if (rg_call_direct(family)) {                                      \
+			type ret = real_##name(session RG_UNPAREN ARGS);           \
+			rg_keyupdate_call_end();                                   \
+			return ret;                                                \
+		}                                                                  \
 		struct rg_args_##name a = { { family, session, rg_invoke_##name }  \
 					    RG_UNPAREN ARGS };                     \
 		return (type)rg_guard_call(&a.call);                               \
@@ -349,8 +373,13 @@ static struct rg_session *rg_short_begin(gnutls_session_t session, bool *nested)
 		return current;
 	}
 	struct rg_session *s = rg_registry_lookup_ref(session);
-	if (s != NULL)
+	if (s != NULL && rg_ku_thread.held == s) {
+		/* keyupdate mode, inside a key change on this thread */
+		rg_registry_unref_locked(s);
+		*nested = true;
+	} else if (s != NULL) {
 		rg_session_lock(s, __func__);
+	}
 	return s;
 }
 
@@ -576,26 +605,33 @@ RG_EXPORT void gnutls_deinit(gnutls_session_t session)
 #define RG_INT_PTR(fd) ((gnutls_transport_ptr_t)(intptr_t)(fd))
 
 RG_SETTER(gnutls_transport_set_ptr, (, gnutls_transport_ptr_t ptr), (, ptr),
-	  (s->app_recv_ptr = s->app_send_ptr = ptr;))
+	  (s->app_recv_ptr = s->app_send_ptr = ptr; rg_transport_ptrs_changed(s);))
 RG_SETTER(gnutls_transport_set_ptr2,
 	  (, gnutls_transport_ptr_t recv_ptr, gnutls_transport_ptr_t send_ptr),
 	  (, recv_ptr, send_ptr),
-	  (s->app_recv_ptr = recv_ptr; s->app_send_ptr = send_ptr;))
+	  (s->app_recv_ptr = recv_ptr; s->app_send_ptr = send_ptr; rg_transport_ptrs_changed(s);))
 /* gnutls_transport_set_int is a macro for set_int2 (no symbol of its own). */
 RG_SETTER(gnutls_transport_set_int2, (, int recv_fd, int send_fd), (, recv_fd, send_fd),
-	  (s->app_recv_ptr = RG_INT_PTR(recv_fd); s->app_send_ptr = RG_INT_PTR(send_fd);))
+	  (s->app_recv_ptr = RG_INT_PTR(recv_fd); s->app_send_ptr = RG_INT_PTR(send_fd);
+	   rg_transport_ptrs_changed(s);))
 RG_SETTER(gnutls_transport_set_push_function, (, gnutls_push_func push_func), (, push_func),
 	  (s->app_push = push_func; s->app_vec_push = NULL;))
 RG_SETTER(gnutls_transport_set_vec_push_function, (, gnutls_vec_push_func vec_func),
 	  (, vec_func), (s->app_vec_push = vec_func; s->app_push = NULL;))
+/* In keyupdate mode GnuTLS calls the application's pull, pull_timeout and
+ * errno functions itself: recorded, and passed on. */
 RG_SETTER(gnutls_transport_set_pull_function, (, gnutls_pull_func pull_func), (, pull_func),
-	  (s->app_pull = pull_func; rg_transport_refresh(s);))
+	  (s->app_pull = pull_func;
+	   if (rg_active() == RG_MODE_KEYUPDATE) real_gnutls_transport_set_pull_function(session, pull_func);
+	   else rg_transport_refresh(s);))
 RG_SETTER(gnutls_transport_set_pull_timeout_function, (, gnutls_pull_timeout_func func),
 	  (, func),
 	  (s->app_pull_timeout = func == rg_real.gnutls_system_recv_timeout.fn ? NULL : func;
-	   rg_transport_refresh(s);))
+	   if (rg_active() == RG_MODE_KEYUPDATE) real_gnutls_transport_set_pull_timeout_function(session, func);
+	   else rg_transport_refresh(s);))
 RG_SETTER(gnutls_transport_set_errno_function, (, gnutls_errno_func errno_func),
-	  (, errno_func), (s->app_errno = errno_func;))
+	  (, errno_func), (s->app_errno = errno_func;
+	   if (rg_active() == RG_MODE_KEYUPDATE) real_gnutls_transport_set_errno_function(session, errno_func);))
 
 /* The application's handshake hook. In keyupdate mode the shim's own hook
  * stays installed and calls the application's exactly as GnuTLS would;
@@ -719,6 +755,7 @@ static void guard_gnutls_transport_set_errno(gnutls_session_t session, int err)
 	 * kept for the next real call instead of racing into GnuTLS. */
 	if (rg_guarding() && rg_transport_capture_errno(session, err))
 		return;
+	rg_ku_thread.errno_set = session;   /* keyupdate mode's push looks */
 	real_gnutls_transport_set_errno(session, err);
 }
 

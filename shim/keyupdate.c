@@ -32,12 +32,7 @@
  */
 #include "rekeyguard.h"
 
-struct rg_keyupdate_thread {
-	struct rg_session *held;     /* whose key-update lock this thread holds */
-	struct rg_session *sending;  /* inside whose gnutls_session_key_update */
-};
-static __thread struct rg_keyupdate_thread rg_ku_thread
-	__attribute__((tls_model("initial-exec")));
+__thread struct rg_keyupdate_thread rg_ku_thread __attribute__((tls_model("initial-exec")));
 
 static void rg_ku_take(struct rg_session *s)
 {
@@ -47,7 +42,7 @@ static void rg_ku_take(struct rg_session *s)
 	rg_ku_thread.held = s;
 }
 
-static void rg_ku_drop(void)
+void rg_keyupdate_drop(void)
 {
 	struct rg_session *s = rg_ku_thread.held;
 	if (s == NULL)
@@ -56,21 +51,9 @@ static void rg_ku_drop(void)
 	rg_session_unlock(s, __func__);
 }
 
-void rg_keyupdate_call_end(void)
+void rg_keyupdate_take_after_push(struct rg_session *s)
 {
-	if (__builtin_expect(rg_ku_thread.held != NULL, 0))
-		rg_ku_drop();
-}
-
-void rg_keyupdate_before_io(void)
-{
-	rg_keyupdate_call_end();
-}
-
-void rg_keyupdate_after_push(struct rg_session *s, ssize_t ret)
-{
-	if (__builtin_expect(rg_ku_thread.sending == s, 0) && ret >= 0)
-		rg_ku_take(s);
+	rg_ku_take(s);
 }
 
 ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call)
@@ -81,7 +64,7 @@ ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call)
 	rg_ku_thread.sending = outer;
 	/* A nested key update (inside a send) gives the lock back before the
 	 * send goes on to push its record. */
-	rg_ku_drop();
+	rg_keyupdate_drop();
 	return ret;
 }
 
@@ -89,7 +72,7 @@ ssize_t rg_keyupdate_run_locked(struct rg_session *s, struct rg_call *call)
 {
 	rg_ku_take(s);
 	ssize_t ret = call->invoke(call);
-	rg_ku_drop();
+	rg_keyupdate_drop();
 	return ret;
 }
 
@@ -115,17 +98,17 @@ static int rg_keyupdate_app_hook(struct rg_session *s, gnutls_session_t session,
 int rg_keyupdate_hook(gnutls_session_t session, unsigned htype, unsigned when,
 		      unsigned incoming, const gnutls_datum_t *msg)
 {
-	/* Installed only on tracked sessions, whose transport pointer in
-	 * GnuTLS is their entry; GnuTLS calls it inside a call on the
-	 * session, so the entry outlives it. */
-	struct rg_session *s = rg_real.gnutls_transport_get_ptr.fn(session);
+	/* Installed only on tracked sessions, whose send pointer in GnuTLS is
+	 * their entry; GnuTLS calls it inside a call on the session, so the
+	 * entry outlives it. */
+	struct rg_session *s = rg_transport_entry_of(session);
 	if (htype != GNUTLS_HANDSHAKE_KEY_UPDATE || !incoming) {
 		if (htype == GNUTLS_HANDSHAKE_FINISHED && when == GNUTLS_HOOK_POST)
 			rg_notice_protected(session);
 		return rg_keyupdate_app_hook(s, session, htype, when, incoming, msg);
 	}
 	if (when == GNUTLS_HOOK_POST) {
-		rg_ku_drop();
+		rg_keyupdate_drop();
 		return rg_keyupdate_app_hook(s, session, htype, when, incoming, msg);
 	}
 	int ret = rg_keyupdate_app_hook(s, session, htype, when, incoming, msg);

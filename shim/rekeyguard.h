@@ -77,6 +77,8 @@ struct rg_config {
 
 /* Parses the environment once (pthread_once); later calls are free. */
 const struct rg_config *rg_config_get(void);
+/* The same without pthread_once, once rg_active() has returned. */
+const struct rg_config *rg_config_value_parsed(void);
 const char *rg_mode_name(enum rg_mode mode);
 void rg_log(enum rg_log_level level, const char *fmt, ...) RG_PRINTF(2, 3);
 bool rg_log_enabled(enum rg_log_level level);
@@ -152,6 +154,9 @@ bool rg_guarding(void);
 /* Sessions get registry entries and the shim's callbacks (guard or
  * keyupdate). */
 bool rg_tracking(void);
+/* GnuTLS 3.8.2 and later pass the failing direction's transport pointer
+ * to the errno function (before: always the receive pointer). */
+bool rg_errno_gets_send_ptr(void);
 /* "3.7.9" or "unknown". */
 const char *rg_gnutls_version(void);
 /* The guarded gnutls_session_key_update, for provoke.c. */
@@ -326,11 +331,51 @@ int rg_keyupdate_hook(gnutls_session_t session, unsigned htype, unsigned when,
  * is taken after its last push), or a receive-key change (locked). */
 ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call);
 ssize_t rg_keyupdate_run_locked(struct rg_session *s, struct rg_call *call);
-/* The shim's push/pull callbacks around the application's transport. */
-void rg_keyupdate_before_io(void);
-void rg_keyupdate_after_push(struct rg_session *s, ssize_t ret);
-/* End of every wrapped call: drops a lock this thread still holds. */
-void rg_keyupdate_call_end(void);
+/* Which key-update lock this thread holds, and inside whose
+ * gnutls_session_key_update it is (initial-exec: no __tls_get_addr on the
+ * hot path). */
+struct rg_keyupdate_thread {
+	struct rg_session *held;
+	struct rg_session *sending;
+	gnutls_session_t errno_set;   /* last gnutls_transport_set_errno */
+};
+extern __thread struct rg_keyupdate_thread rg_ku_thread
+	__attribute__((tls_model("initial-exec")));
+void rg_keyupdate_drop(void);
+void rg_keyupdate_take_after_push(struct rg_session *s);
+
+/* End of every wrapped call, and before the application's push: drops a
+ * key-update lock this thread still holds. */
+static inline void rg_keyupdate_call_end(void)
+{
+	if (__builtin_expect(rg_ku_thread.held != NULL, 0))
+		rg_keyupdate_drop();
+}
+#define rg_keyupdate_before_io rg_keyupdate_call_end
+
+/* After the application's push, inside a key update: take the lock for
+ * the key change that follows. */
+static inline void rg_keyupdate_after_push(struct rg_session *s, ssize_t ret)
+{
+	if (__builtin_expect(rg_ku_thread.sending == s, 0) && ret >= 0)
+		rg_keyupdate_take_after_push(s);
+}
+
+/* What the exported wrappers need to go straight to GnuTLS without
+ * building a call: set by the binding (interpose.c), then read-only. */
+struct rg_hot {
+	bool bound;          /* release-stored once the binding is done */
+	bool direct;         /* mode keyupdate or off, no provocation */
+};
+extern struct rg_hot rg_hot;
+
+/* True when a call of this family goes straight to GnuTLS (then
+ * rg_keyupdate_call_end after it). */
+static inline bool rg_call_direct(enum rg_family family)
+{
+	return __atomic_load_n(&rg_hot.bound, __ATOMIC_ACQUIRE) && rg_hot.direct &&
+	       family != RG_FAMILY_KEY_UPDATE && family != RG_FAMILY_RECV_KEY;
+}
 
 /* ---- provoke.c --------------------------------------------------------- */
 
@@ -343,6 +388,11 @@ void rg_transport_init(void);
 
 /* Installs the shim's callbacks on a new guarded session. */
 void rg_transport_install(struct rg_session *s);
+/* The entry of a tracked session, from GnuTLS's transport pointers. */
+struct rg_session *rg_transport_entry_of(gnutls_session_t session);
+/* After the application set its transport pointers (keyupdate mode keeps
+ * GnuTLS's receive pointer the application's). Called with s->lock. */
+void rg_transport_ptrs_changed(struct rg_session *s);
 /* Re-installs GnuTLS's view of the transport after the application
  * changed it (pull with or without pull_timeout). Called with s->lock. */
 void rg_transport_refresh(struct rg_session *s);

@@ -597,10 +597,8 @@ static ssize_t rg_pull_delivered(struct rg_session *s, void *buf, size_t len, ss
 static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct rg_session *s = ptr;
-	if (rg_thread.current != s) {      /* outside a guarded call */
-		rg_keyupdate_before_io();
+	if (rg_thread.current != s)        /* outside a guarded call */
 		return rg_app_pull(s, buf, len);
-	}
 
 	s->at_record_boundary = false;
 	if (s->in_off < s->in_len) {
@@ -640,10 +638,8 @@ static ssize_t rg_cb_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
 	struct rg_session *s = ptr;
-	if (rg_thread.current != s) {
-		rg_keyupdate_before_io();
+	if (rg_thread.current != s)
 		return rg_app_pull_timeout(s, ms);
-	}
 	s->timeout_seen = true;
 
 	if (s->in_off < s->in_len)
@@ -690,13 +686,8 @@ static int rg_cb_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 static ssize_t rg_cb_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int count)
 {
 	struct rg_session *s = ptr;
-	if (rg_thread.current != s) {
-		/* keyupdate mode: never push under the key-update lock */
-		rg_keyupdate_before_io();
-		ssize_t n = rg_app_push(s, iov, count, 0);
-		rg_keyupdate_after_push(s, n);
-		return n;
-	}
+	if (rg_thread.current != s)
+		return rg_app_push(s, iov, count, 0);
 	if (s->push_dead_errno != 0) {     /* the transport failed for good */
 		s->cb_errno = errno = s->push_dead_errno;
 		return -1;
@@ -749,8 +740,51 @@ static int rg_plain_errno(gnutls_transport_ptr_t ptr)
 	return errno;
 }
 
+/* keyupdate mode: only the push is the shim's (it must drop and take the
+ * key-update lock around the application's push); GnuTLS keeps the
+ * application's receive pointer, pull, pull_timeout and errno function and
+ * calls them itself. The send pointer is the entry. */
+static ssize_t rg_cb_keyupdate_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int count)
+{
+	struct rg_session *s = ptr;
+	rg_keyupdate_before_io();
+	rg_ku_thread.errno_set = NULL;
+	ssize_t n = rg_app_push(s, iov, count, 0);
+	if (n < 0 && s->app_errno != NULL && rg_ku_thread.errno_set != s->session &&
+	    rg_errno_gets_send_ptr()) {
+		/* GnuTLS 3.8.2+ asks the errno function about a failed push with
+		 * the send pointer (lib/buffers.c get_errno), which GnuTLS has as
+		 * the entry: ask it with the application's, and hand GnuTLS the
+		 * answer the way gnutls_transport_set_errno does (it wins). */
+		int saved = errno;
+		int err = s->app_errno(s->app_send_ptr);
+		rg_real.gnutls_transport_set_errno.fn(s->session, err);
+		errno = saved;
+	}
+	rg_keyupdate_after_push(s, n);
+	return n;
+}
+
+struct rg_session *rg_transport_entry_of(gnutls_session_t session)
+{
+	gnutls_transport_ptr_t recv_ptr, send_ptr;
+	rg_real.gnutls_transport_get_ptr2.fn(session, &recv_ptr, &send_ptr);
+	return rg_active() == RG_MODE_KEYUPDATE ? send_ptr : recv_ptr;
+}
+
+void rg_transport_ptrs_changed(struct rg_session *s)
+{
+	if (rg_active() == RG_MODE_KEYUPDATE)
+		rg_real.gnutls_transport_set_ptr2.fn(s->session, s->app_recv_ptr, s);
+}
+
 void rg_transport_install(struct rg_session *s)
 {
+	if (rg_active() == RG_MODE_KEYUPDATE) {
+		rg_real.gnutls_transport_set_vec_push_function.fn(s->session, rg_cb_keyupdate_push);
+		rg_transport_ptrs_changed(s);
+		return;
+	}
 	rg_real.gnutls_transport_set_pull_function.fn(s->session, rg_cb_pull);
 	rg_real.gnutls_transport_set_vec_push_function.fn(s->session, rg_cb_vec_push);
 	rg_real.gnutls_transport_set_errno_function.fn(s->session, rg_cb_errno);
@@ -1011,7 +1045,11 @@ static ssize_t rg_guard_dispatch(struct rg_call *call)
 
 ssize_t rg_guard_call(struct rg_call *call)
 {
-	if (call->family == RG_FAMILY_SEND && rg_config_get()->provoke_every != 0)
+	/* rg_active() first: it parses the configuration once, so that the
+	 * provoke setting can be read without pthread_once. */
+	enum rg_mode mode = rg_active();
+	(void)mode;
+	if (call->family == RG_FAMILY_SEND && rg_config_value_parsed()->provoke_every != 0)
 		return rg_provoke_send(call, rg_guard_dispatch);
 	return rg_guard_dispatch(call);
 }
