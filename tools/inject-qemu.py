@@ -13,7 +13,8 @@ Run by tools/inject-test.sh --qemu, or alone (as root):
    injection is refused ("already mapped").
 2. in flight: two plain QEMUs migrate slowly over TLS with the return
    path; the injector must refuse the source (thread names "live_migration",
-   "return path") and leave it untouched.
+   "return path"; QEMU 10: "mig/src/main", "mig/src/return") and leave it
+   untouched.
 3. migrations: tests/qemu/migrate.py's provoked smoke scenarios, with the
    "guard" source and destination started without the launcher and
    injected while the guest runs (REKEYGUARD_PROVOKE_REKEY and
@@ -183,7 +184,9 @@ def in_flight_test(workdir, guest, certs):
         deadline = time.monotonic() + 20
         while True:
             names = thread_names(src.pid)
-            if src.qmp.cmd("query-migrate").get("status") == "active" and "return path" in names:
+            # QEMU up to 9.x: "return path"; QEMU 10: "mig/src/return".
+            if src.qmp.cmd("query-migrate").get("status") == "active" and (
+                    "return path" in names or "mig/src/return" in names):
                 break
             if time.monotonic() > deadline:
                 raise migrate.QmpError("the migration did not become active")

@@ -332,8 +332,9 @@ if want refusals; then
 		refused twice "already mapped: .*injected earlier" "$T_PID" && release_target
 	case $T_RESULT in *" PASS "*) ;; *) fail "twice: target afterwards: $T_RESULT" ;; esac
 
-	for thread in live_migration "return path"; do
-		name=migrating-${thread// /-}
+	# QEMU 7.2-9.x and QEMU 10 name their migration threads differently.
+	for thread in live_migration "return path" mig/src/main mig/src/return mig/dst/fault; do
+		name=migrating-${thread// /-}; name=${name//\//-}
 		start_target "$name" --thread-name "$thread" --seconds 1 || continue
 		refused "$name" "a migration seems to be in flight" "$T_PID"
 		inject "$work/$name.force" --force "$T_PID"

@@ -45,10 +45,14 @@
 #define LIB_NAME "librekeyguard.so"
 #define DEFAULT_TIMEOUT_MS 5000
 
-/* Thread names QEMU gives a migration in flight (-name ...,debug-threads=on). */
+/* Thread names (prefixes) QEMU gives a migration in flight
+ * (-name ...,debug-threads=on): QEMU up to 9.x, then QEMU 10's
+ * "mig/src/..." (main, return, send_N, ...) and "mig/dst/..." (listen,
+ * fault, recv_N, ...). */
 static const char *const migration_threads[] = {
 	"live_migration", "return path", "postcopy/listen", "fault-default", "fault-fast",
 	"bg_snapshot", "multifdsend_", "multifdrecv_",
+	"mig/src/", "mig/dst/",
 };
 
 static struct {
