@@ -104,3 +104,5 @@ qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-d
 include tests/matrix/matrix.mk
 include tools/inject.mk
 include bench/bench.mk
+include tests/peer/peer.mk
+include tests/peer/programs.mk
