@@ -54,3 +54,19 @@ KURACE_TARGETS ?= host trixie sid
 kurace:
 	@for t in $(KURACE_TARGETS); do \
 	    $(MATRIX_DIR)/kurace.sh --runs $(KURACE_RUNS) --mode auto $$t || exit 1; done
+
+# GnuTLS's own test suite (tests/peer/gnutls-suite.sh) against each chroot's
+# GnuTLS: built from its Debian source inside the chroot, run plain and with
+# the library (built there from this tree) preloaded in guard mode; fails
+# unless the results are the same.  Summaries are copied to
+# /var/cache/rekeyguard-gnutls-suite/SUITE-results/{full,subset}/.
+# The first run per suite builds GnuTLS (~6 min); the full suite takes
+# ~20 min per suite, the subset (-quick) ~6 min.
+MATRIX_SUITE_TARGETS ?= trixie sid
+.PHONY: matrix-gnutls-suite matrix-gnutls-suite-quick
+matrix-gnutls-suite:
+	@rc=0; for t in $(MATRIX_SUITE_TARGETS); do \
+	    $(MATRIX_DIR)/gnutls-suite-target.sh $$t || rc=1; done; exit $$rc
+matrix-gnutls-suite-quick:
+	@rc=0; for t in $(MATRIX_SUITE_TARGETS); do \
+	    $(MATRIX_DIR)/gnutls-suite-target.sh $$t --subset || rc=1; done; exit $$rc

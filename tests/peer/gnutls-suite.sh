@@ -272,7 +272,8 @@ sources_complete_but_asc() {
 	local dsc f errs
 	dsc=$(ls "$CACHE"/gnutls28_*.dsc 2>/dev/null | head -n1)
 	[ -n "$dsc" ] || return 1
-	errs=$(grep '^E: Failed to fetch' "$CACHE/apt-source.log" || true)
+	# every "E:" line but apt's closing "E: Failed to fetch some archives."
+	errs=$(grep '^E: ' "$CACHE/apt-source.log" | grep -vx 'E: Failed to fetch some archives\.' || true)
 	[ -n "$errs" ] || return 1
 	[ -z "$(grep -v '^E: Failed to fetch [^ ]*\.asc ' <<<"$errs" || true)" ] || return 1
 	for f in $(dsc_files "$dsc"); do
