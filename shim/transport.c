@@ -949,9 +949,8 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 		 * client's gnutls_session_get_data2 waits up to a round trip for
 		 * the server's ticket and, on GNUTLS_E_AGAIN or TIMEDOUT, returns
 		 * success with an empty placeholder (GnuTLS 3.7.9 lib/session.c
-		 * gnutls_session_get_data2). Do the wait it
-		 * wanted, then ask again; past the deadline the retry gets
-		 * GnuTLS's own answer. */
+		 * gnutls_session_get_data2). Do the wait it wanted, then ask
+		 * again; past the deadline the retry gets GnuTLS's own answer. */
 		bool swallowed = call->family == RG_FAMILY_SESSION_DATA && ret >= 0;
 		bool wants_input = (ret == GNUTLS_E_AGAIN || swallowed) && s->want != RG_WANT_NONE;
 
