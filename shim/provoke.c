@@ -3,9 +3,10 @@
  *
  * Owns: counting the records each thread sends per session and starting a
  * TLS 1.3 KeyUpdate (gnutls_session_key_update, optionally with
- * GNUTLS_KU_PEER) after every N records, so that the key-update race shows
- * in seconds instead of after 2^24 records. Works in every mode: with
- * REKEYGUARD_MODE=off it reproduces the crash on an unprotected stack.
+ * GNUTLS_KU_PEER) right before the send that follows every N records, so
+ * that the key-update race shows in seconds instead of after 2^24 records.
+ * Works in every mode: with REKEYGUARD_MODE=off it reproduces the crash on
+ * an unprotected stack.
  *
  * Invariants: only outermost sends count (GnuTLS calls its own send
  * functions); records are counted per thread and session; at most
@@ -24,6 +25,8 @@
 struct rg_provoke_slot {
 	gnutls_session_t session;
 	uint64_t records;
+	bool retry_owed;   /* the last send returned AGAIN/INTERRUPTED */
+	bool ku_owed;      /* the last provoked key update did too: retried first */
 };
 
 static __thread struct rg_provoke_slot rg_provoke_slots[RG_PROVOKE_SLOTS];
@@ -44,6 +47,8 @@ static struct rg_provoke_slot *rg_provoke_slot_of(gnutls_session_t session)
 	struct rg_provoke_slot *slot = &rg_provoke_slots[rg_provoke_next_slot++ % RG_PROVOKE_SLOTS];
 	slot->session = session;
 	slot->records = 0;
+	slot->retry_owed = false;
+	slot->ku_owed = false;
 	return slot;
 }
 
@@ -61,11 +66,28 @@ static bool rg_provoke_claim(gnutls_session_t session, uint64_t now)
 					   __ATOMIC_RELAXED);
 }
 
-static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
+/* The key update goes out right before the send that follows the
+ * threshold, as GnuTLS's own rekey does (record.c RECORD_SEND_KEY_UPDATE_1:
+ * the KeyUpdate, then the record that triggered it), never as the last
+ * record of a burst: a receiver's gnutls_record_recv returns
+ * GNUTLS_E_AGAIN after processing a KeyUpdate, and a peer that then waits
+ * for readability only (libnbd 1.14 REPLY.START, reached from a paused
+ * write) would wait forever for a record that never comes. Never between
+ * a send that returned AGAIN/INTERRUPTED and its retry. */
+static void rg_provoke_before_send(gnutls_session_t session)
 {
 	const struct rg_config *config = rg_config_get();
 	struct rg_provoke_slot *slot = rg_provoke_slot_of(session);
-	slot->records += ((uint64_t)sent + 16383) / 16384;
+	unsigned flags = config->provoke_peer ? GNUTLS_KU_PEER : 0;
+	if (slot->retry_owed)
+		return;
+	if (slot->ku_owed) {
+		/* A non-blocking transport took only part of it: finish that
+		 * key update (its retry), as an application would. */
+		int ret = rg_guarded_key_update(session, flags);
+		slot->ku_owed = ret == GNUTLS_E_AGAIN || ret == GNUTLS_E_INTERRUPTED;
+		return;
+	}
 	if (slot->records < config->provoke_every)
 		return;
 	if (rg_real.gnutls_protocol_get_version.fn(session) != GNUTLS_TLS1_3)
@@ -73,17 +95,28 @@ static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
 	if (!rg_provoke_claim(session, rg_monotonic_ns()))
 		return;
 	slot->records = 0;
-	int ret = rg_guarded_key_update(session, config->provoke_peer ? GNUTLS_KU_PEER : 0);
+	int ret = rg_guarded_key_update(session, flags);
+	slot->ku_owed = ret == GNUTLS_E_AGAIN || ret == GNUTLS_E_INTERRUPTED;
 	rg_log(RG_LOG_DEBUG, "provoked key update%s: %d",
 	       config->provoke_peer ? " (requesting the peer's)" : "", ret);
 }
 
+static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
+{
+	struct rg_provoke_slot *slot = rg_provoke_slot_of(session);
+	slot->retry_owed = sent == GNUTLS_E_AGAIN || sent == GNUTLS_E_INTERRUPTED;
+	if (sent > 0)
+		slot->records += ((uint64_t)sent + 16383) / 16384;
+}
+
 ssize_t rg_provoke_send(struct rg_call *call, ssize_t (*dispatch)(struct rg_call *))
 {
+	if (rg_provoke_depth == 0)
+		rg_provoke_before_send(call->session);
 	rg_provoke_depth++;
 	ssize_t ret = dispatch(call);
 	rg_provoke_depth--;
-	if (rg_provoke_depth == 0 && ret > 0)
+	if (rg_provoke_depth == 0)
 		rg_provoke_after_send(call->session, ret);
 	return ret;
 }
