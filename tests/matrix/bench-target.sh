@@ -26,14 +26,8 @@ args=("$@")
 "$here/chroot.sh" create "$suite" >&2
 root=$("$here/chroot.sh" path "$suite")
 work=$root/root/rekeyguard-bench
-rm -rf "$work"; mkdir -p "$work"
-# The sources as git knows them (no build outputs from the host).
-(cd "$repo" && git ls-files -co --exclude-standard -z -- Makefile shim tests bench tools |
-	while IFS= read -r -d '' f; do
-		[ -f "$f" ] || continue
-		[ "$(head -c4 "$f" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] && continue
-		printf '%s\0' "$f"
-	done | tar cf - --null -T -) | tar xf - -C "$work"
+. "$here/copy-tree.sh"
+matrix_copy_sources "$repo" "$work"
 
 quoted=$(printf ' %q' "${args[@]}")
 "$here/chroot.sh" run "$suite" bash -euc "

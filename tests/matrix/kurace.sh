@@ -109,18 +109,8 @@ case $runs in ''|*[!0-9]*) die "--runs: not a number";; esac
 case $mode in auto|guard|off|none) ;; *) die "--mode: auto, guard, off or none";; esac
 
 repo=$(cd "$here/../.." && pwd)
-# The work tree's sources without ELF files (as matrix.sh copies them).
-copy_sources() {
-	local dest=$1
-	rm -rf "$dest"; mkdir -p "$dest"
-	(cd "$repo" && { git ls-files -co --exclude-standard -z 2>/dev/null ||
-			 find Makefile shim tests tools bench -type f -print0; } |
-		while IFS= read -r -d '' f; do
-			[ -f "$f" ] || continue
-			[ "$(head -c4 "$f" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] && continue
-			printf '%s\0' "$f"
-		done | tar cf - --null -T -) | tar xf - -C "$dest"
-}
+. "$here/copy-tree.sh"
+copy_sources() { matrix_copy_sources "$repo" "$1"; }
 
 if [ "$target" = host ]; then
 	work=$CACHE/kurace/host

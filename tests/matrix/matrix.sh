@@ -55,22 +55,8 @@ echo "matrix: results in $res (plain runs $runs, guard runs $gruns${quick:+, qui
 # The work tree's sources (tracked and untracked, not ignored: every make
 # fragment the top Makefile may include), without ELF files, so that
 # nothing built on the host against its GnuTLS reaches a chroot.
-list_sources() {
-	if git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-		git -C "$repo" ls-files -co --exclude-standard -z
-	else
-		find Makefile shim tests tools -type f -print0 2>/dev/null
-	fi
-}
-copy_sources() {
-	local dest=$1
-	rm -rf "$dest"; mkdir -p "$dest"
-	(cd "$repo" && list_sources | while IFS= read -r -d '' f; do
-		[ -f "$f" ] || continue
-		[ "$(head -c4 "$f" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] && continue
-		printf '%s\0' "$f"
-	done | tar cf - --null -T -) | tar xf - -C "$dest"
-}
+. "$here/copy-tree.sh"
+copy_sources() { matrix_copy_sources "$repo" "$1"; }
 
 for t in "${targets[@]}"; do
 	out=$res/$t
