@@ -159,6 +159,10 @@ static void rg_bind(void)
 		bool reworked = rg_real.gnutls_check_version.fn("3.8.11") != NULL;
 		rg_active_mode = reworked ? RG_MODE_KEYUPDATE : RG_MODE_GUARD;
 	}
+	if (config->mode == RG_MODE_KEYUPDATE && rg_real.gnutls_check_version.fn("3.8.11") == NULL)
+		rg_log(RG_LOG_WARN, "REKEYGUARD_MODE=keyupdate does not protect GnuTLS %s: before "
+		       "3.8.11 every call races a key update (REKEYGUARD_MODE=guard or auto does)",
+		       rg_version_string);
 	rg_log(RG_LOG_DEBUG, "GnuTLS %s, REKEYGUARD_MODE=%s: %s", rg_version_string,
 	       rg_mode_name(config->mode), rg_mode_name(rg_active_mode));
 }
