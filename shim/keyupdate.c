@@ -101,7 +101,7 @@ int rg_keyupdate_hook(gnutls_session_t session, unsigned htype, unsigned when,
 	/* Installed only on tracked sessions, whose send pointer in GnuTLS is
 	 * their entry; GnuTLS calls it inside a call on the session, so the
 	 * entry outlives it. */
-	struct rg_session *s = rg_transport_entry_of(session);
+	struct rg_session *s = rg_transport_keyupdate_entry(session);
 	if (htype != GNUTLS_HANDSHAKE_KEY_UPDATE || !incoming) {
 		if (htype == GNUTLS_HANDSHAKE_FINISHED && when == GNUTLS_HOOK_POST)
 			rg_notice_protected(session);

@@ -388,8 +388,8 @@ void rg_transport_init(void);
 
 /* Installs the shim's callbacks on a new guarded session. */
 void rg_transport_install(struct rg_session *s);
-/* The entry of a tracked session, from GnuTLS's transport pointers. */
-struct rg_session *rg_transport_entry_of(gnutls_session_t session);
+/* keyupdate mode: a tracked session's entry (GnuTLS's send pointer). */
+struct rg_session *rg_transport_keyupdate_entry(gnutls_session_t session);
 /* After the application set its transport pointers (keyupdate mode keeps
  * GnuTLS's receive pointer the application's). Called with s->lock. */
 void rg_transport_ptrs_changed(struct rg_session *s);

@@ -765,11 +765,11 @@ static ssize_t rg_cb_keyupdate_push(gnutls_transport_ptr_t ptr, const giovec_t *
 	return n;
 }
 
-struct rg_session *rg_transport_entry_of(gnutls_session_t session)
+struct rg_session *rg_transport_keyupdate_entry(gnutls_session_t session)
 {
 	gnutls_transport_ptr_t recv_ptr, send_ptr;
 	rg_real.gnutls_transport_get_ptr2.fn(session, &recv_ptr, &send_ptr);
-	return rg_active() == RG_MODE_KEYUPDATE ? send_ptr : recv_ptr;
+	return send_ptr;
 }
 
 void rg_transport_ptrs_changed(struct rg_session *s)
@@ -1046,8 +1046,7 @@ ssize_t rg_guard_call(struct rg_call *call)
 {
 	/* rg_active() first: it parses the configuration once, so that the
 	 * provoke setting can be read without pthread_once. */
-	enum rg_mode mode = rg_active();
-	(void)mode;
+	(void)rg_active();
 	if (call->family == RG_FAMILY_SEND && rg_config_value_parsed()->provoke_every != 0)
 		return rg_provoke_send(call, rg_guard_dispatch);
 	return rg_guard_dispatch(call);
