@@ -42,6 +42,24 @@ check "$trap_pid" unprotected "secure-execution mode"
 check "$off" unprotected "REKEYGUARD_MODE=off"
 check $$ not-affected
 
+# A process in another mount namespace (as in a container) that loads the
+# library from a path that exists only there (a tmpfs on /mnt): its files
+# are read through /proc/PID/root, the version and counters are still there.
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null && [ ! -e /mnt/librekeyguard.so ]; then
+    unshare --mount --propagation private -- sh -c 'mount -t tmpfs rg-status-test /mnt &&
+        cp "$1" /mnt/librekeyguard.so &&
+        exec env LD_PRELOAD=/mnt/librekeyguard.so "$2" qemu-shape --seconds 20 --timeout 30' sh "$lib" "$prog" \
+        >/dev/null 2>&1 &
+    other=$!; pids+=("$other")
+    sleep 1
+    check "$other" protected "library: /mnt/librekeyguard.so"
+    check "$other" protected "another mount namespace"
+    check "$other" protected "GnuTLS:  3\.[0-9]"
+    check "$other" protected "sessions guarded so far: [1-9]"
+else
+    echo "    (skipped: a process in another mount namespace needs root and unshare)"
+fi
+
 json=$("$status" --json "$guarded" "$plain"); rc=$?
 [ "$rc" = 1 ] || fail "--json with an unprotected process: exit $rc"
 echo "$json" | grep -q "\"pid\": $guarded, .*\"state\": \"protected\"" || fail "--json: guarded entry"
