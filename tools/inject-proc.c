@@ -289,13 +289,13 @@ void inj_comm(pid_t pid, char *out, size_t len)
 	fclose(f);
 }
 
-bool inj_environ_get(pid_t pid, const char *key, char *out, size_t len)
+char *inj_proc_nul_list(pid_t pid, const char *what, size_t *len)
 {
 	char name[64];
-	snprintf(name, sizeof name, "/proc/%d/environ", (int)pid);
+	snprintf(name, sizeof name, "/proc/%d/%s", (int)pid, what);
 	int fd = open(name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return false;
+		return NULL;
 	size_t cap = 1 << 16, used = 0;
 	char *buf = malloc(cap + 1);
 	ssize_t r;
@@ -311,8 +311,18 @@ bool inj_environ_get(pid_t pid, const char *key, char *out, size_t len)
 	}
 	close(fd);
 	if (buf == NULL)
-		return false;
+		return NULL;
 	buf[used] = '\0';
+	*len = used;
+	return buf;
+}
+
+bool inj_environ_get(pid_t pid, const char *key, char *out, size_t len)
+{
+	size_t used = 0;
+	char *buf = inj_proc_nul_list(pid, "environ", &used);
+	if (buf == NULL)
+		return false;
 	bool found = false;
 	size_t key_len = strlen(key);
 	for (size_t i = 0; i < used; i += strlen(buf + i) + 1) {

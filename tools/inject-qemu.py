@@ -14,7 +14,9 @@ Run by tools/inject-test.sh --qemu, or alone (as root):
 2. in flight: two plain QEMUs migrate slowly over TLS with the return
    path; the injector must refuse the source (thread names "live_migration",
    "return path"; QEMU 10: "mig/src/main", "mig/src/return") and leave it
-   untouched.
+   untouched, and refuse the destination, whose incoming precopy shows no
+   thread, from QMP query-migrate on a monitor socket no one holds; with
+   every monitor held by another client it must warn about -incoming.
 3. migrations: tests/qemu/migrate.py's provoked smoke scenarios, with the
    "guard" source and destination started without the launcher and
    injected while the guest runs (REKEYGUARD_PROVOKE_REKEY and
@@ -30,6 +32,7 @@ import argparse
 import inspect
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -168,8 +171,12 @@ def in_flight_test(workdir, guest, certs):
     problems = []
     common = ["-kernel", guest, "-append", "sleep=5"]
     creds = lambda ep: ["-object", "tls-creds-x509,id=tls0,dir=%s,endpoint=%s,verify-peer=on" % (certs, ep)]
-    dst = BaseQemu("dst", wd, common + creds("server") + ["-incoming", "defer"], clean_env(), False,
-                   "qemu-system-x86_64", 20)
+    # The destination also gets a QMP monitor nobody holds, which the
+    # injector can ask (the harness keeps the first one, as libvirt would).
+    free_qmp = os.path.join(wd, "dst-free.qmp")
+    dst = BaseQemu("dst", wd, common + creds("server") + [
+        "-incoming", "defer", "-qmp", "unix:%s,server=on,wait=off" % free_qmp],
+        clean_env(), False, "qemu-system-x86_64", 20)
     src = BaseQemu("src", wd, common + creds("client"), clean_env(), False, "qemu-system-x86_64", 20)
     try:
         for q in (dst, src):
@@ -200,10 +207,29 @@ def in_flight_test(workdir, guest, certs):
                 problems.append("the library got into the source")
         log("  in-flight: source threads %s" % ", ".join(sorted(set(thread_names(src.pid)))))
         log("    source: exit %d, %s" % (rc, refusal[0] if refusal else "-"))
+        # An incoming precopy stream runs in the destination's main thread:
+        # no thread name shows it, QEMU's query-migrate does.
         rc, out, res, _ = run_injector(dst.pid, os.path.join(wd, "dst.check"), "--check")
-        log("    destination threads %s; --check says %s (an incoming precopy stream runs in "
-            "the main thread: no thread name shows it)" % (
-                ", ".join(sorted(set(thread_names(dst.pid)))), res.get("status")))
+        refusal = [l.strip() for l in out.splitlines() if "refused:" in l]
+        log("    destination threads %s; --check: exit %d, %s" % (
+            ", ".join(sorted(set(thread_names(dst.pid)))), rc, refusal[0] if refusal else "-"))
+        if rc != 1 or not any('QEMU reports migration status "active" on this destination' in l
+                              for l in refusal):
+            problems.append("destination not refused during the incoming migration (exit %d): %s"
+                            % (rc, refusal or out.strip().splitlines()[-3:]))
+        # Both monitors held by other clients: the injector cannot ask and
+        # must say what to check instead.
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.connect(free_qmp)
+        holder.recv(4096)   # the greeting: this client now holds the monitor
+        rc, out, res, _ = run_injector(dst.pid, os.path.join(wd, "dst.busy.check"), "--check")
+        holder.close()
+        notes = [l.strip() for l in out.splitlines() if "started with -incoming" in l]
+        log("    destination, its monitors held elsewhere: --check %s, %s" % (
+            res.get("status"), notes[0][:110] + "..." if notes else "no -incoming warning"))
+        if not notes or "did not answer" not in out:
+            problems.append("no warning for a destination whose QMP monitors are busy: %s"
+                            % out.strip().splitlines()[-4:])
         src.qmp.cmd("migrate_cancel")
     except migrate.QmpError as e:
         problems.append("QMP: %s" % e)

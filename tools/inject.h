@@ -86,6 +86,25 @@ int inj_threads_read(pid_t pid, struct inj_thread *out, int max);
 /* /proc/PID/comm, /proc/PID/environ lookup. */
 void inj_comm(pid_t pid, char *out, size_t len);
 bool inj_environ_get(pid_t pid, const char *name, char *out, size_t len);
+/* A NUL-separated /proc/PID/WHAT file (cmdline, environ), NUL-terminated;
+ * *len is its length; NULL when unreadable.  The caller frees it. */
+char *inj_proc_nul_list(pid_t pid, const char *what, size_t *len);
+
+/* QEMU's own view of a migration (inject-qmp.c): "-incoming" on its
+ * command line, and query-migrate over a QMP unix socket it names. */
+#define INJ_QMP_MAX 8
+struct inj_qemu_info {
+	bool incoming;                      /* started as a migration destination */
+	int monitors;                       /* QMP unix sockets on the command line */
+	char monitor[INJ_QMP_MAX][INJ_PATH_MAX];
+	int answered;                       /* index of the one that answered */
+	int busy;                           /* no greeting: another client holds it */
+	int unreachable;                    /* connect or protocol error */
+	char status[32];                    /* query-migrate's status; "" unknown */
+};
+void inj_qemu_ask(pid_t pid, unsigned timeout_ms, struct inj_qemu_info *info);
+/* true for every status but none, completed, failed, cancelled */
+bool inj_migration_status_active(const char *status);
 
 /* Target memory through /proc/PID/mem (fd opened by the caller). */
 int inj_mem_read(int memfd, uint64_t addr, void *buf, size_t len);

@@ -10,7 +10,7 @@
 #                             postcopy between injected QEMUs (about 2 min)
 
 INJECT_SRCS = tools/rekeyguard-inject.c tools/inject-borrow.c tools/inject-elf.c \
-              tools/inject-proc.c
+              tools/inject-proc.c tools/inject-qmp.c
 INJECT_HDRS = tools/inject.h
 INJECT_TEST_PROGS = tools/rg-inject-target
 

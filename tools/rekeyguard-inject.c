@@ -85,8 +85,12 @@ static void usage(FILE *out)
 "                  that are stopped (should be none)\n"
 "\n"
 "Refuses (exit 1, process untouched): a migration in flight (QEMU thread\n"
-"names), no libgnutls mapped, the library already mapped, a library the\n"
-"process's user cannot read, no ptrace permission, a process already traced.\n"
+"names, or QMP query-migrate on a monitor socket named on QEMU's command\n"
+"line when no other client holds it), no libgnutls mapped, the library\n"
+"already mapped, a library the process's user cannot read, no ptrace\n"
+"permission, a process already traced. A QEMU started with -incoming whose\n"
+"state cannot be asked gets a warning: an incoming precopy migration shows\n"
+"no thread.\n"
 "The last line per PID is \"RESULT pid=N status=...\" for scripts.\n",
 		DEFAULT_TIMEOUT_MS);
 }
@@ -631,15 +635,41 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 			}
 		}
 	}
+	if (busy[0] != '\0') {
+		char names[sizeof busy - 16];
+		snprintf(names, sizeof names, "%s", busy);
+		snprintf(busy, sizeof busy, "threads %s", names);
+	}
 	say("  threads: %d%s\n", n, named || n < 2 ? "" : " (all with the same name: thread names are "
 	    "not set, so a migration in flight cannot be seen; QEMU sets them with "
 	    "-name ...,debug-threads=on)");
+	/* QEMU itself, where a QMP monitor named on its command line answers:
+	 * the only way to see an incoming precopy migration, which runs in the
+	 * destination's main thread under no thread name of its own */
+	struct inj_qemu_info q;
+	inj_qemu_ask(pid, opt.timeout_ms < 1000 ? opt.timeout_ms : 1000, &q);
+	if (q.status[0] != '\0')
+		say("  QEMU (QMP query-migrate on %s): migration status \"%s\"%s\n",
+		    q.monitor[q.answered], q.status, q.incoming ? ", started with -incoming" : "");
+	else if (q.monitors > 0)
+		say("  QEMU: its QMP monitor%s (%s%s) did not answer%s\n", q.monitors > 1 ? "s" : "",
+		    q.monitor[0], q.monitors > 1 ? ", ..." : "",
+		    q.busy ? ": another client (libvirt, a management tool) holds it" : "");
+	if (inj_migration_status_active(q.status) && busy[0] == '\0')
+		snprintf(busy, sizeof busy, "QEMU reports migration status \"%s\"%s", q.status,
+			 q.incoming ? " on this destination" : "");
+	else if (q.incoming && q.status[0] == '\0' && busy[0] == '\0')
+		remark(rep, "QEMU was started with -incoming (a migration destination) and its state "
+		       "could not be asked: an incoming precopy migration runs in the main thread "
+		       "and shows no thread name. If one is in progress (virsh domjobinfo DOMAIN, or "
+		       "QMP query-migrate on this QEMU: status \"active\"), its TLS session stays "
+		       "unguarded; inject before it starts or after it completes");
 	if (busy[0] != '\0') {
 		if (opt.force)
-			remark(rep, "a migration seems to be in flight (threads %s); injecting anyway "
+			remark(rep, "a migration seems to be in flight (%s); injecting anyway "
 			       "(--force): its sessions stay unguarded", busy);
 		else
-			refuse(rep, "a migration seems to be in flight (threads %s): its TLS sessions "
+			refuse(rep, "a migration seems to be in flight (%s): its TLS sessions "
 			       "already exist and cannot be guarded; inject when it has finished, or "
 			       "use --force", busy);
 	}
