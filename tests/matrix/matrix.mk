@@ -70,3 +70,18 @@ matrix-gnutls-suite:
 matrix-gnutls-suite-quick:
 	@rc=0; for t in $(MATRIX_SUITE_TARGETS); do \
 	    $(MATRIX_DIR)/gnutls-suite-target.sh $$t --subset || rc=1; done; exit $$rc
+
+# Real QEMU per distribution (tests/matrix/qemu-matrix.sh): the TLS
+# migration smoke test (guarded precopy + postcopy QEMU_MATRIX_GUARDED times,
+# QEMU_MATRIX_UNPROTECTED runs with REKEYGUARD_MODE=off) and the injector's
+# QEMU test, on the host (QEMU 7.2, GnuTLS 3.7.9), trixie (QEMU 10.0, 3.8.9)
+# and sid (3.8.13); prints the support table.  About 5 min per target.
+QEMU_MATRIX_TARGETS     ?= host trixie sid
+QEMU_MATRIX_GUARDED     ?= 2
+QEMU_MATRIX_UNPROTECTED ?= 4
+.PHONY: qemu-matrix qemu-matrix-quick
+qemu-matrix:
+	$(MATRIX_DIR)/qemu-matrix.sh --guarded-runs $(QEMU_MATRIX_GUARDED) \
+	    --unprotected-runs $(QEMU_MATRIX_UNPROTECTED) $(QEMU_MATRIX_TARGETS)
+qemu-matrix-quick:
+	$(MATRIX_DIR)/qemu-matrix.sh --quick --guarded-runs 1 --unprotected-runs 2 $(QEMU_MATRIX_TARGETS)

@@ -695,11 +695,13 @@ def check_destination(sc, res, src, dst, wd, fail):
 def smoke_suite(opts):
     run = opts.run_seconds
     n = opts.provoke
-    suite = [
-        Scenario("plain-precopy", "plain", "precopy", run_seconds=run),
-        Scenario("guard-precopy", "guard", "precopy", n, opts.provoke_dst, run_seconds=run),
-        Scenario("guard-postcopy", "guard", "postcopy", n, opts.provoke_dst, run_seconds=run),
-    ]
+    suite = [Scenario("plain-precopy", "plain", "precopy", run_seconds=run)]
+    for i in range(opts.guarded_runs):
+        sfx = "" if opts.guarded_runs == 1 else "-%d" % (i + 1)
+        suite.append(Scenario("guard-precopy" + sfx, "guard", "precopy", n, opts.provoke_dst,
+                              run_seconds=run))
+        suite.append(Scenario("guard-postcopy" + sfx, "guard", "postcopy", n, opts.provoke_dst,
+                              run_seconds=run))
     for i in range(opts.unprotected_runs):
         variant = "precopy" if i % 2 == 0 else "postcopy"
         suite.append(Scenario("off-%s-%d" % (variant, i + 1), "off", variant, n, None,
@@ -772,6 +774,8 @@ def main():
     ap.add_argument("--provoke-dst", default="1",
                     help="REKEYGUARD_PROVOKE_REKEY for the destination in guarded runs "
                          "('' for none)")
+    ap.add_argument("--guarded-runs", type=int, default=1,
+                    help="smoke: guarded precopy + postcopy pairs")
     ap.add_argument("--unprotected-runs", type=int, default=4)
     ap.add_argument("--unprotected-timeout", type=float, default=40.0)
     ap.add_argument("--stall-seconds", type=float, default=20.0,
