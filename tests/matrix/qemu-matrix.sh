@@ -14,6 +14,7 @@
 #                         precopy and postcopy (default 4)
 #   --quick               4 s migrations instead of 8, no injector test
 #   --no-inject           skip tools/inject-test.sh --qemu
+#   --table DIR TARGET... print the table of an earlier run's results DIR
 #   -h, --help            this text
 #
 # Per target: copies the work tree (without ELF files) to
@@ -53,8 +54,7 @@ if [ "${1:-}" = --inside ]; then
 		tail -n 20 "$out/build.log" >&2; die "build failed"
 	fi
 	. /etc/os-release
-	dist="${NAME% GNU/Linux} ${VERSION_ID:-} (${VERSION_CODENAME:-?})"
-	dist=${dist/  / }
+	dist=${PRETTY_NAME/ GNU\/Linux/}       # "Debian 13 (trixie)", "Debian forky/sid"
 	qver=$(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p')
 	gver=$(dpkg-query -W -f '${Version}' libgnutls30t64 2>/dev/null ||
 	       dpkg-query -W -f '${Version}' libgnutls30 2>/dev/null)
@@ -103,7 +103,10 @@ gbad, gkinds = fails(guard)
 obad, okinds = fails(off)
 pbad, _ = fails(plain)
 kus = sum(k["ok"] for r in guard for k in r.get("key_updates", {}).values())
-mode = "keyupdate" if "keyupdate" in guarding else "guard" if "serialised" in guarding else guarding
+# run-qemu-with-shim.sh --check: "yes, every GnuTLS call serialised: ..." (guard)
+# or "yes, key changes serialised: ..." (keyupdate)
+mode = ("keyupdate" if "key changes" in guarding or "keyupdate" in guarding else
+        "guard" if "every GnuTLS call" in guarding else guarding or "?")
 print("\t".join([
     target, dist, qver, gver, mode,
     "%d of %d failed%s" % (obad, len(off), " (%s)" % okinds if okinds else ""),
@@ -119,10 +122,30 @@ EOF
 	exit 1
 fi
 
+# print_table RESULTS TARGET...: the support table (markdown) from each
+# target's row file.
+print_table() {
+	local results=$1 target row date t dist qver gver mode off guard kus plain inj ss is ok
+	shift
+	date=$(date -u -r "$results" +%Y-%m-%d)
+	echo "| distribution | QEMU | GnuTLS | default mode | exposed: unprotected runs (\`REKEYGUARD_MODE=off\`, provoked) | protected: guarded runs passed | key updates in guarded runs | injection works | measured |"
+	echo "|---|---|---|---|---|---|--:|---|---|"
+	for target in "$@"; do
+		row=$results/$target/row
+		if [ ! -s "$row" ]; then
+			echo "| $target | ? | ? | ? | no result | no result | | | $date |"
+			continue
+		fi
+		IFS=$'\t' read -r t dist qver gver mode off guard kus plain inj ss is ok < "$row"
+		echo "| $dist | $qver | $gver | $mode | $off | $guard | $kus | $inj | $date |"
+	done
+}
+
 # ------------------------------------------------------------ driver
 guarded=2 unprot=4 quick=0 inject=1
 while [ $# -gt 0 ]; do
 	case $1 in
+	--table) shift; print_table "$@"; exit 0;;
 	--guarded-runs) guarded=${2:?}; shift 2;;
 	--unprotected-runs) unprot=${2:?}; shift 2;;
 	--quick) quick=1 inject=0; shift;;
@@ -179,20 +202,7 @@ for target in "$@"; do
 	echo "== qemu-matrix: $target took $(( $(date +%s) - t0 )) s"
 done
 
-date=$(date -u +%Y-%m-%d)
-{
-	echo "| distribution | QEMU | GnuTLS | default mode | exposed: unprotected runs (\`REKEYGUARD_MODE=off\`, provoked) | protected: guarded runs passed | key updates in guarded runs | injection works | measured |"
-	echo "|---|---|---|---|---|---|--:|---|---|"
-	for target in "$@"; do
-		row=$results/$target/row
-		if [ ! -s "$row" ]; then
-			echo "| $target | ? | ? | ? | no result | no result | | | $date |"
-			continue
-		fi
-		IFS=$'\t' read -r t dist qver gver mode off guard kus plain inj ss is ok < "$row"
-		echo "| $dist | $qver | $gver | $mode | $off | $guard | $kus | $inj | $date |"
-	done
-} > "$results/table.md"
+print_table "$results" "$@" > "$results/table.md"
 echo
 echo "qemu-matrix: $(( $(date +%s) - start )) s in all; results in $results"
 echo
