@@ -4,6 +4,7 @@
  *   rg-bench [--rounds N] [--seconds S] [--smoke] [--out DIR]
  *            [--shim PATH] [--naive PATH] [--qemustyle PATH] [--chart PATH]
  *            [--configs ID,ID,...] [--title TEXT]   (e.g. --configs "2,2',3")
+ *            [--workloads W,W,...]                 (e.g. --workloads cf,dl)
  *       The driver: runs every workload under every configuration,
  *       interleaved, and writes DIR/latest.md, latest.csv, latest-runs.csv
  *       and latest.png. Defaults: BENCH_ROUNDS (10) and BENCH_SECONDS (1)
@@ -29,8 +30,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: rg-bench [--rounds N] [--seconds S] [--smoke] [--out DIR]\n"
 		"                [--shim PATH] [--naive PATH] [--qemustyle PATH] [--chart PATH]\n"
-		"                [--configs ID,ID,...] [--title TEXT]\n"
-		"       rg-bench worker raw|a|b|c|d|e|f|g [--prio aes|chacha] [--warmup S]\n"
+		"                [--configs ID,ID,...] [--title TEXT] [--workloads W,W,...]\n"
+		"       rg-bench worker raw|a|b|c|cf|d|dl|e|f|g [--prio aes|chacha] [--warmup S]\n"
 		"                [--seconds S] [--stall S] [--sessions N]\n");
 	exit(2);
 }
@@ -144,6 +145,8 @@ int main(int argc, char **argv)
 			o.configs = value;
 		else if (strcmp(argv[i], "--title") == 0)
 			o.title = value;
+		else if (strcmp(argv[i], "--workloads") == 0)
+			o.workloads = value;
 		else
 			usage();
 		i++;

@@ -124,6 +124,7 @@ struct bench_plan_opts {
 	const char *chart;      /* bench/chart.gp */
 	const char *configs;    /* --configs: ids to run ("2,2',3"), NULL: all */
 	const char *title;      /* --title: first line of latest.md, NULL: default */
+	const char *workloads;  /* --workloads: names to run ("cf,dl"), NULL: all */
 };
 
 int bench_driver(const struct bench_plan_opts *opts);
@@ -163,12 +164,13 @@ struct bench_cell {         /* one workload under one configuration */
 };
 
 struct bench_workload {
-	const char *name;       /* a, b, c, d, e, f1, f16, f256, g, raw */
+	const char *name;       /* a, b, c, cf, d, dl, e, f1, f16, f256, g, raw */
 	const char *worker;     /* the worker's workload argument */
 	const char *title;      /* for the report */
 	const char *chart_label; /* x axis of the chart ("\\n" breaks the line) */
 	const char *unit;       /* MB/s, records/s, ns/call */
 	bool lower_is_better;
+	bool latency;           /* LAT lines: tick latencies (c, cf, dl) */
 	double seconds_factor;  /* window = BENCH_SECONDS * factor */
 	int sessions;
 	bool configs[CFG_COUNT];

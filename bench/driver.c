@@ -34,6 +34,11 @@
 	{ .name = name_, .worker = worker_, .title = title_, .chart_label = label_,  \
 	  .unit = unit_, .lower_is_better = lower_, .seconds_factor = factor_,       \
 	  .sessions = sessions_, .configs = configs_ }
+/* The same for a workload that also reports tick latencies (LAT lines). */
+#define WORKLOAD_LAT(name_, worker_, title_, label_, unit_, lower_, factor_, sessions_, configs_) \
+	{ .name = name_, .worker = worker_, .title = title_, .chart_label = label_,  \
+	  .unit = unit_, .lower_is_better = lower_, .seconds_factor = factor_,       \
+	  .sessions = sessions_, .configs = configs_, .latency = true }
 #define RAW_ONLY  { true, false, false, false, false, false, false }
 #define ALL_TLS   { false, true, true, true, true, true, true }
 #define NO_CHACHA { false, true, true, true, true, true, false }
@@ -45,10 +50,14 @@ static struct bench_workload full_plan[] = {
 		 "a. bulk\\ncustom", "MB/s", false, 1.0, 1, ALL_TLS),
 	WORKLOAD("b", "b", "b. one-way bulk, 16 KiB writes, default fd transport",
 		 "b. bulk\\nfd", "MB/s", false, 1.0, 1, ALL_TLS),
-	WORKLOAD("c", "c", "c. migration shape: bulk + 64 B back every 10 ms, custom transport",
-		 "c. migration\\ncustom", "MB/s", false, 1.5, 1, ALL_TLS),
+	WORKLOAD_LAT("c", "c", "c. migration shape: bulk + 64 B back every 10 ms, custom transport",
+		     "c. migration\\ncustom", "MB/s", false, 1.5, 1, ALL_TLS),
+	WORKLOAD_LAT("cf", "cf", "cf. migration shape: bulk + 64 B back every 10 ms, fd transport",
+		     "cf. migration\\nfd", "MB/s", false, 1.5, 1, ALL_TLS),
 	WORKLOAD("d", "d", "d. full-duplex bulk, fd transport",
 		 "d. duplex\\nfd", "MB/s", false, 1.0, 1, ALL_TLS),
+	WORKLOAD_LAT("dl", "dl", "dl. full-duplex bulk, a 64 B message among one direction's records every 10 ms, fd transport",
+		     "dl. duplex+probe\\nfd", "MB/s", false, 1.5, 1, ALL_TLS),
 	WORKLOAD("e", "e", "e. 64-byte records one way, custom transport",
 		 "e. 64 B records\\ncustom", "records/s", false, 1.0, 1, ALL_TLS),
 	WORKLOAD("f1", "f", "f. 1 session, fd transport",
@@ -477,6 +486,24 @@ int bench_driver(const struct bench_plan_opts *opts)
 	if (opts->rounds < 1 || opts->rounds > BENCH_MAX_ROUNDS) {
 		fprintf(stderr, "rg-bench: rounds must be 1..%d\n", BENCH_MAX_ROUNDS);
 		return 2;
+	}
+	if (opts->workloads != NULL) {
+		/* --workloads: only the named rows, in the plan's order */
+		int kept = 0;
+		char list[128];
+		for (int i = 0; i < nworkloads; i++) {
+			snprintf(list, sizeof list, ",%s,", opts->workloads);
+			char name[16];
+			snprintf(name, sizeof name, ",%s,", full_plan[i].name);
+			if (strstr(list, name) != NULL)
+				full_plan[kept++] = full_plan[i];
+		}
+		if (kept == 0) {
+			fprintf(stderr, "rg-bench: --workloads: none of '%s' is a workload (raw, a, b, "
+				"c, cf, d, dl, e, f1, f16, f256, g)\n", opts->workloads);
+			return 2;
+		}
+		nworkloads = kept;
 	}
 	if (opts->smoke)
 		plan_shrink_for_smoke(full_plan, nworkloads);

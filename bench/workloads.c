@@ -45,7 +45,8 @@ struct counter {
 	_Atomic uint64_t bytes;
 } __attribute__((aligned(64)));
 
-enum role { ROLE_BULK_SEND, ROLE_BULK_RECV, ROLE_SMALL_SEND, ROLE_TICK_SEND, ROLE_TICK_RECV };
+enum role { ROLE_BULK_SEND, ROLE_BULK_RECV, ROLE_SMALL_SEND, ROLE_TICK_SEND, ROLE_TICK_RECV,
+	    ROLE_MIXED_SEND, ROLE_MIXED_RECV };
 
 struct traffic_thread {
 	gnutls_session_t session;
@@ -114,6 +115,30 @@ static void run_bulk_send(struct traffic_thread *t, size_t size)
 		send_all(t->session, buf, size, "bulk-send");
 }
 
+/* Bulk records, and a 64-byte message carrying its sequence number in
+ * place of the next record whenever one is due (every 10 ms on a fixed
+ * schedule): one sender per direction, as GnuTLS requires. */
+static void run_mixed_send(struct traffic_thread *t)
+{
+	unsigned char *buf = calloc(1, BENCH_RECORD);
+	unsigned char msg[BENCH_SMALL];
+	uint64_t start = bench_now_ns();
+	uint64_t seq = 0;
+
+	memset(msg, 0, sizeof msg);
+	for (;;) {
+		uint64_t due = start + seq * BENCH_TICK_NS;
+		if (seq < ticks.cap && bench_now_ns() >= due) {
+			ticks.due_ns[seq] = due;
+			memcpy(msg, &seq, sizeof seq);
+			send_all(t->session, msg, sizeof msg, "mixed-send");
+			seq++;
+		} else {
+			send_all(t->session, buf, BENCH_RECORD, "mixed-send");
+		}
+	}
+}
+
 static void run_bulk_recv(struct traffic_thread *t)
 {
 	unsigned char *buf = malloc(BENCH_RECORD);
@@ -143,6 +168,31 @@ static void run_tick_send(struct traffic_thread *t)
 	pause();
 }
 
+static void tick_arrived(const unsigned char *msg)
+{
+	uint64_t seq, now = bench_now_ns();
+	memcpy(&seq, msg, sizeof seq);
+	if (seq < ticks.cap) {
+		uint64_t latency = now - ticks.due_ns[seq];
+		ticks.latency_ns[seq] = latency ? latency : 1;
+	}
+}
+
+/* Bulk records and tick messages on one stream (full duplex with a
+ * latency probe): gnutls_record_recv returns one record at a time, so a
+ * 64-byte return is a tick, anything else bulk (counted). */
+static void run_mixed_recv(struct traffic_thread *t)
+{
+	unsigned char *buf = malloc(BENCH_RECORD);
+	for (;;) {
+		ssize_t n = recv_some(t->session, buf, BENCH_RECORD, "mixed-recv");
+		if (n == BENCH_SMALL)
+			tick_arrived(buf);
+		else
+			atomic_fetch_add_explicit(&t->counter->bytes, (uint64_t)n, memory_order_relaxed);
+	}
+}
+
 static void run_tick_recv(struct traffic_thread *t)
 {
 	unsigned char msg[BENCH_SMALL];
@@ -150,12 +200,7 @@ static void run_tick_recv(struct traffic_thread *t)
 		size_t got = 0;
 		while (got < sizeof msg)
 			got += (size_t)recv_some(t->session, msg + got, sizeof msg - got, "tick-recv");
-		uint64_t seq, now = bench_now_ns();
-		memcpy(&seq, msg, sizeof seq);
-		if (seq < ticks.cap) {
-			uint64_t latency = now - ticks.due_ns[seq];
-			ticks.latency_ns[seq] = latency ? latency : 1;
-		}
+		tick_arrived(msg);
 	}
 }
 
@@ -189,6 +234,12 @@ static void *traffic_main(void *arg)
 		break;
 	case ROLE_TICK_RECV:
 		run_tick_recv(t);
+		break;
+	case ROLE_MIXED_SEND:
+		run_mixed_send(t);
+		break;
+	case ROLE_MIXED_RECV:
+		run_mixed_recv(t);
 		break;
 	}
 	return NULL;
@@ -440,38 +491,20 @@ static void workload_bulk(const struct bench_run_opts *o, enum bench_transport t
 	_exit(0);
 }
 
-/* c: the migration shape. */
-static void workload_migration(const struct bench_run_opts *o)
+static void ticks_alloc(const struct bench_run_opts *o)
 {
-	struct tls_link link;
-	struct traffic_plan p;
-	struct traffic_thread *t;
-
 	/* Ticks for the whole run, generously: warm-up, window, stall wait. */
 	ticks.cap = (size_t)((o->warmup + o->seconds + o->stall + 5.0) * 1e9 / BENCH_TICK_NS);
 	ticks.due_ns = calloc(ticks.cap, sizeof *ticks.due_ns);
 	ticks.latency_ns = calloc(ticks.cap, sizeof *ticks.latency_ns);
+}
 
-	links_open(&link, 1, BENCH_CUSTOM, o->prio);
-	plan_alloc(&p, 4, 1);
-	/* source (client): migration thread sends, return path waits in recv */
-	t = plan_add(&p, link.client, ROLE_BULK_SEND, NULL);
-	t->handshake_client = true;
-	plan_add(&p, link.client, ROLE_TICK_RECV, NULL);
-	/* destination (server): reads the bulk, sends a message every 10 ms */
-	t = plan_add(&p, link.server, ROLE_BULK_RECV, &p.counters[0]);
-	t->handshake_server = true;
-	plan_add(&p, link.server, ROLE_TICK_SEND, NULL);
-	p.tracked[p.ntracked++] = 0;
-
-	start_threads(&p);
-	uint64_t start = bench_now_ns();
-	struct window w = monitor(&p, o);
-	if (w.stalled)
-		finish_stalled(&w);
-
-	/* Messages due inside the window; one not received by now counts
-	 * with its age so far (a lower bound of its real latency). */
+/* The RESULT line with the tick latencies: messages due inside the window;
+ * one not received by now counts with its age so far (a lower bound of its
+ * real latency). */
+static void print_with_latency(const struct bench_run_opts *o, uint64_t start,
+			       const struct window *w)
+{
 	uint64_t open_at = start + (uint64_t)(o->warmup * 1e9);
 	uint64_t close_at = open_at + (uint64_t)(o->seconds * 1e9);
 	uint64_t now = bench_now_ns();
@@ -489,7 +522,7 @@ static void workload_migration(const struct bench_run_opts *o)
 		lat[n++] = l;
 	}
 	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f lat_n=%zu late=%zu",
-	       (double)w.bytes / w.seconds / 1e6, (double)w.bytes / w.cpu_seconds / 1e6, n, late);
+	       (double)w->bytes / w->seconds / 1e6, (double)w->bytes / w->cpu_seconds / 1e6, n, late);
 	print_result_tail();
 	for (size_t i = 0; i < n; i++)
 		printf("%s%llu%s", i % 16 == 0 ? "LAT " : "", (unsigned long long)lat[i],
@@ -498,28 +531,63 @@ static void workload_migration(const struct bench_run_opts *o)
 	_exit(0);
 }
 
-/* d: bulk both ways, a sender and a receiver thread on each end. */
-static void workload_duplex(const struct bench_run_opts *o)
+/* c, cf: the migration shape, on QEMU's custom transport or the fd one. */
+static void workload_migration(const struct bench_run_opts *o, enum bench_transport transport)
 {
 	struct tls_link link;
 	struct traffic_plan p;
 	struct traffic_thread *t;
 
+	ticks_alloc(o);
+	links_open(&link, 1, transport, o->prio);
+	plan_alloc(&p, 4, 1);
+	/* source (client): migration thread sends, return path waits in recv */
+	t = plan_add(&p, link.client, ROLE_BULK_SEND, NULL);
+	t->handshake_client = true;
+	plan_add(&p, link.client, ROLE_TICK_RECV, NULL);
+	/* destination (server): reads the bulk, sends a message every 10 ms */
+	t = plan_add(&p, link.server, ROLE_BULK_RECV, &p.counters[0]);
+	t->handshake_server = true;
+	plan_add(&p, link.server, ROLE_TICK_SEND, NULL);
+	p.tracked[p.ntracked++] = 0;
+
+	start_threads(&p);
+	uint64_t start = bench_now_ns();
+	struct window w = monitor(&p, o);
+	if (w.stalled)
+		finish_stalled(&w);
+	print_with_latency(o, start, &w);
+}
+
+/* d: bulk both ways, a sender and a receiver thread on each end; dl: the
+ * same with the server's sender putting a 64-byte message among its bulk
+ * records every 10 ms (the latency probe). */
+static void workload_duplex(const struct bench_run_opts *o, bool probe)
+{
+	struct tls_link link;
+	struct traffic_plan p;
+	struct traffic_thread *t;
+
+	if (probe)
+		ticks_alloc(o);
 	links_open(&link, 1, BENCH_FD, o->prio);
 	plan_alloc(&p, 4, 2);
 	t = plan_add(&p, link.client, ROLE_BULK_SEND, NULL);
 	t->handshake_client = true;
-	plan_add(&p, link.client, ROLE_BULK_RECV, &p.counters[0]);
-	t = plan_add(&p, link.server, ROLE_BULK_SEND, NULL);
+	plan_add(&p, link.client, probe ? ROLE_MIXED_RECV : ROLE_BULK_RECV, &p.counters[0]);
+	t = plan_add(&p, link.server, probe ? ROLE_MIXED_SEND : ROLE_BULK_SEND, NULL);
 	t->handshake_server = true;
 	plan_add(&p, link.server, ROLE_BULK_RECV, &p.counters[1]);
 	p.tracked[p.ntracked++] = 0;
 	p.tracked[p.ntracked++] = 1;
 
 	start_threads(&p);
+	uint64_t start = bench_now_ns();
 	struct window w = monitor(&p, o);
 	if (w.stalled)
 		finish_stalled(&w);
+	if (probe)
+		print_with_latency(o, start, &w);
 	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f",
 	       (double)w.bytes / w.seconds / 1e6, (double)w.bytes / w.cpu_seconds / 1e6);
 	print_result_tail();
@@ -637,9 +705,13 @@ int bench_worker(const struct bench_run_opts *o)
 	else if (strcmp(o->workload, "b") == 0)
 		workload_bulk(o, BENCH_FD, 1, BENCH_RECORD);
 	else if (strcmp(o->workload, "c") == 0)
-		workload_migration(o);
+		workload_migration(o, BENCH_CUSTOM);
+	else if (strcmp(o->workload, "cf") == 0)
+		workload_migration(o, BENCH_FD);
 	else if (strcmp(o->workload, "d") == 0)
-		workload_duplex(o);
+		workload_duplex(o, false);
+	else if (strcmp(o->workload, "dl") == 0)
+		workload_duplex(o, true);
 	else if (strcmp(o->workload, "e") == 0)
 		workload_bulk(o, BENCH_CUSTOM, 1, BENCH_SMALL);
 	else if (strcmp(o->workload, "f") == 0)
