@@ -46,6 +46,21 @@ static struct rg_inject_state rg_inject;
 static void *(*rg_inject_real_dlopen)(const char *, int);
 static bool rg_injected;
 
+void rg_inject_fork_prepare(void)
+{
+	pthread_mutex_lock(&rg_inject_lock);
+}
+
+void rg_inject_fork_parent(void)
+{
+	pthread_mutex_unlock(&rg_inject_lock);
+}
+
+void rg_inject_fork_child(void)
+{
+	pthread_mutex_init(&rg_inject_lock, NULL);
+}
+
 bool rg_inject_mode(void)
 {
 	return __atomic_load_n(&rg_injected, __ATOMIC_ACQUIRE);
@@ -220,6 +235,7 @@ static void *rg_inject_dlopen(const char *file, int mode)
 RG_EXPORT long rekeyguard_inject_activate(void)
 {
 	static long result = -1;
+	rg_registry_ensure_init();   /* the fork handlers cover rg_inject_lock from now on */
 	pthread_mutex_lock(&rg_inject_lock);
 	bool first = !rg_injected;
 	if (first) {

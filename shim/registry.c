@@ -47,21 +47,34 @@ RG_EXPORT struct rekeyguard_status {
 } rekeyguard_status = { RG_STATUS_MAGIC, 0, 0, 0 };
 
 #define RG_UNGUARDED_SEEN 256
-static pthread_mutex_t rg_unguarded_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the set */
+/* The distinct unguarded sessions seen so far, without a lock: a slot is
+ * claimed with a compare-and-swap from NULL, always the first free one, so
+ * two threads noting the same new session meet at the same slot and it is
+ * counted once. Each thread remembers the last session it noted, so that
+ * the calls of a busy unguarded session (an injected QEMU's NBD or VNC
+ * connection) touch no shared cache line but the slots they read. */
 static gnutls_session_t rg_unguarded_set[RG_UNGUARDED_SEEN];
+static __thread gnutls_session_t rg_unguarded_last __attribute__((tls_model("initial-exec")));
 
 void rg_registry_note_unguarded(gnutls_session_t session)
 {
-	pthread_mutex_lock(&rg_unguarded_lock);
-	unsigned i, n = (unsigned)rekeyguard_status.unguarded;
-	for (i = 0; i < n && i < RG_UNGUARDED_SEEN; i++)
-		if (rg_unguarded_set[i] == session)
-			break;
-	if (i == n && n < RG_UNGUARDED_SEEN) {
-		rg_unguarded_set[n] = session;
-		__atomic_store_n(&rekeyguard_status.unguarded, n + 1, __ATOMIC_RELAXED);
+	if (rg_unguarded_last == session)
+		return;
+	rg_unguarded_last = session;
+	for (unsigned i = 0; i < RG_UNGUARDED_SEEN; i++) {
+		gnutls_session_t seen = __atomic_load_n(&rg_unguarded_set[i], __ATOMIC_ACQUIRE);
+		if (seen == NULL) {
+			gnutls_session_t expected = NULL;
+			if (__atomic_compare_exchange_n(&rg_unguarded_set[i], &expected, session, false,
+							__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+				__atomic_add_fetch(&rekeyguard_status.unguarded, 1, __ATOMIC_RELAXED);
+				return;
+			}
+			seen = expected;   /* another thread claimed it first */
+		}
+		if (seen == session)
+			return;
 	}
-	pthread_mutex_unlock(&rg_unguarded_lock);
 }
 
 void rg_registry_mark_injected(void)
@@ -108,6 +121,38 @@ void rg_session_lock(struct rg_session *s, const char *caller)
 	rg_lock_check(pthread_mutex_lock(&s->lock), "lock", caller);
 }
 
+/* Without turns a streaming sender starves the receiver: it releases the
+ * lock and takes it again within a few hundred nanoseconds, long before a
+ * receiver woken by the release runs (pthread mutexes are not fair), so a
+ * return-path message could wait milliseconds behind a stream of records.
+ * A thread that had to block is counted in lock_waiters; one that took
+ * the lock without blocking while lock_waiters > 0 waits on the condition
+ * (which releases the lock to a blocked thread) until one of them has had
+ * it (lock_turns moved) or none is left. Each blocked thread that gets the
+ * lock broadcasts once so that the yielding thread goes on after it.
+ * A thread that holds another session's lock (a GnuTLS callback calling
+ * into a second session) never yields: the blocked thread might be
+ * waiting for that other lock next. */
+void rg_session_lock_turn(struct rg_session *s, bool may_yield, const char *caller)
+{
+	int err = pthread_mutex_trylock(&s->lock);
+	if (err == 0) {
+		if (!may_yield || __atomic_load_n(&s->lock_waiters, __ATOMIC_RELAXED) == 0)
+			return;
+		unsigned long seen = s->lock_turns;
+		while (__atomic_load_n(&s->lock_waiters, __ATOMIC_ACQUIRE) != 0 && s->lock_turns == seen)
+			rg_session_wait(s, caller);
+		return;
+	}
+	if (err != EBUSY)
+		rg_lock_check(err, "trylock", caller);
+	__atomic_add_fetch(&s->lock_waiters, 1, __ATOMIC_RELEASE);
+	rg_session_lock(s, caller);
+	__atomic_sub_fetch(&s->lock_waiters, 1, __ATOMIC_RELEASE);
+	s->lock_turns++;
+	rg_session_broadcast(s);
+}
+
 void rg_session_unlock(struct rg_session *s, const char *caller)
 {
 	rg_lock_check(pthread_mutex_unlock(&s->lock), "unlock", caller);
@@ -115,12 +160,15 @@ void rg_session_unlock(struct rg_session *s, const char *caller)
 
 void rg_session_wait(struct rg_session *s, const char *caller)
 {
+	s->cond_waiters++;
 	rg_lock_check(pthread_cond_wait(&s->cond, &s->lock), "wait", caller);
+	s->cond_waiters--;
 }
 
 void rg_session_broadcast(struct rg_session *s)
 {
-	pthread_cond_broadcast(&s->cond);
+	if (s->cond_waiters != 0)   /* both under the lock: none can be missed */
+		pthread_cond_broadcast(&s->cond);
 }
 
 static void rg_session_locks_init(struct rg_session *s)
@@ -131,8 +179,12 @@ static void rg_session_locks_init(struct rg_session *s)
 
 /* ---- fork ------------------------------------------------------------ */
 
+/* Every process-wide lock of the library is taken here, in its order
+ * (inject.c's lock, then the stripes in index order), so that a fork while
+ * another thread holds one cannot leave the child's copy locked. */
 static void rg_fork_prepare(void)
 {
+	rg_inject_fork_prepare();
 	for (int i = 0; i < RG_STRIPES; i++)
 		pthread_mutex_lock(&rg_stripe[i]);
 }
@@ -141,12 +193,14 @@ static void rg_fork_parent(void)
 {
 	for (int i = RG_STRIPES - 1; i >= 0; i--)
 		pthread_mutex_unlock(&rg_stripe[i]);
+	rg_inject_fork_parent();
 }
 
 static void rg_fork_child(void)
 {
 	for (int i = 0; i < RG_STRIPES; i++)
 		rg_mutex_init(&rg_stripe[i]);
+	rg_inject_fork_child();
 	__atomic_add_fetch(&rg_fork_generation, 1, __ATOMIC_RELAXED);
 }
 
@@ -155,6 +209,11 @@ static void rg_registry_init(void)
 	for (int i = 0; i < RG_STRIPES; i++)
 		rg_mutex_init(&rg_stripe[i]);
 	pthread_atfork(rg_fork_prepare, rg_fork_parent, rg_fork_child);
+}
+
+void rg_registry_ensure_init(void)
+{
+	pthread_once(&rg_registry_once, rg_registry_init);
 }
 
 /* In a forked child, an entry's lock may be held by a thread that does
@@ -176,6 +235,8 @@ static void rg_session_after_fork(struct rg_session *s)
 	}
 	rg_session_locks_init(s);
 	s->refs = 0;
+	s->lock_waiters = 0;          /* the blocked threads are not in the child */
+	s->cond_waiters = 0;
 	s->reader_active = false;
 	s->flusher_active = false;
 	s->want = RG_WANT_NONE;

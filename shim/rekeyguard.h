@@ -14,15 +14,23 @@
  *   inject.c     late loading into a running process: GOT patching
  *
  * Lock order (the only locks the shim owns):
+ *   0. the injection's lock (inject.c, rg_inject_lock): guards its GOT
+ *      patching passes (activation, dlopen); held during
+ *      dl_iterate_phdr, never with another of these locks.
  *   1. registry stripe locks (registry.c, rg_stripe[]): guard bucket chains
  *      and the reference count increments; held for a few instructions.
  *   2. a session's lock (struct rg_session.lock): guards every field of the
  *      entry and is held for the whole of each real GnuTLS call on that
  *      session, never while the application's transport may block. In
  *      keyupdate mode it is held only across GnuTLS's key changes
- *      (keyupdate.c), never across transport I/O or a callback.
- * No path holds both: a lookup takes its stripe lock, takes a reference
- * and releases the stripe before locking the session.
+ *      (keyupdate.c), never across transport I/O or a callback. Taken
+ *      with turns (rg_session_lock_turn) at the start of a call and after
+ *      transport I/O, so that a streaming thread cannot starve another.
+ * No path holds both 1 and 2: a lookup takes its stripe lock, takes a
+ * reference and releases the stripe before locking the session. The fork
+ * prepare handler (registry.c) takes 0 and then every 1 in index order;
+ * session locks are re-created in the child when first looked up. The set
+ * of unguarded sessions is lock-free (registry.c).
  *
  * GnuTLS calling back into the application while a guarded call holds the
  * session lock (certificate, verify and handshake-hook callbacks,
@@ -170,6 +178,11 @@ const char *rg_symbol_name(size_t i);
 /* True once rekeyguard_inject_activate ran: the library was dlopen()ed
  * into a running process rather than preloaded. */
 bool rg_inject_mode(void);
+/* fork handlers for the injection's lock, run by registry.c's (which take
+ * it before the stripe locks: see the lock order there). */
+void rg_inject_fork_prepare(void);
+void rg_inject_fork_parent(void);
+void rg_inject_fork_child(void);
 
 /* ---- registry.c ------------------------------------------------------ */
 
@@ -223,7 +236,12 @@ struct rg_session {
 	bool poisoned;                /* forked mid-call: unusable in this child */
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;          /* reader/flusher hand-over, deinit */
+	pthread_cond_t cond;          /* reader/flusher hand-over, deinit, turns */
+	/* Turns (rg_session_lock_turn): threads blocked taking the lock
+	 * (atomic), and how many of them got it so far (under the lock). */
+	unsigned lock_waiters;
+	unsigned long lock_turns;
+	unsigned cond_waiters;        /* threads in rg_session_wait (under the lock) */
 
 	/* The application's transport, as it configured it. */
 	gnutls_pull_func app_pull;            /* NULL: GnuTLS's recv() */
@@ -302,8 +320,16 @@ unsigned long rg_registry_guarded_total(void);
 #define RG_STATUS_MAGIC UINT64_C(0x64726175474b6552) /* "ReKGuard" */
 void rg_registry_note_unguarded(gnutls_session_t session);
 void rg_registry_mark_injected(void);
+/* Creates the stripe locks and installs the fork handlers (once). */
+void rg_registry_ensure_init(void);
 
 void rg_session_lock(struct rg_session *s, const char *caller);
+/* The session lock taken fairly: a thread that blocks for it is counted,
+ * and a thread that got it at once while others were blocked (it released
+ * it a moment ago and came straight back, as a sender streaming records
+ * does) lets one of them have it first, if may_yield (it holds no other
+ * session's lock). Returns with the lock held. */
+void rg_session_lock_turn(struct rg_session *s, bool may_yield, const char *caller);
 void rg_session_unlock(struct rg_session *s, const char *caller);
 void rg_session_wait(struct rg_session *s, const char *caller);
 void rg_session_broadcast(struct rg_session *s);

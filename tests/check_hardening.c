@@ -155,6 +155,28 @@ START_TEST(test_fork)
 }
 END_TEST
 
+/* The library's process-wide locks (unguarded sessions, the injection's
+ * dlopen) are never copied locked into a child. */
+START_TEST(test_fork_locks)
+{
+	const char *args_quick[] = { "fork-locks", "--quick", NULL };
+	const char *args_full[] = { "fork-locks", NULL };
+	const char *const *args = suite_kind == SUITE_FULL ? args_full : args_quick;
+	struct prog plain, pre;
+
+	hardening(&plain, 0, args, NULL, 300);
+	prog_report("fork-locks plain", &plain);
+	hardening(&pre, 1, args, NULL, 300);
+	prog_report("fork-locks preloaded", &pre);
+	assert_pass("fork-locks, plain (the test program itself)", &plain);
+	assert_pass("fork-locks, preloaded", &pre);
+	ck_assert_msg(strstr(pre.result, "inject_activate=yes") != NULL,
+		      "fork-locks preloaded: the injection's dlopen was not exercised: %s", pre.result);
+	prog_free(&plain);
+	prog_free(&pre);
+}
+END_TEST
+
 START_TEST(test_fork_cost)
 {
 	const char *args[] = { "fork-cost", "--sessions", "10,10000", NULL };
@@ -987,6 +1009,7 @@ static Suite *hardening_suite(void)
 	if (suite_kind != SUITE_ASAN) {
 		tcase_add_test(tc, test_fork);
 		tcase_add_test(tc, test_fork_cost);
+		tcase_add_test(tc, test_fork_locks);
 	}
 	tcase_add_test(tc, test_exec);
 	suite_add_tcase(s, tc);

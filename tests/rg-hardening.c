@@ -13,6 +13,9 @@
  *               sessions whose locks were held (never safe plain: those
  *               threads are inside GnuTLS; see fork_child_work).
  *   fork-cost   fork() time with few and with many sessions
+ *   fork-locks  fork while other threads keep taking the library's
+ *               process-wide locks (unguarded DTLS sessions; the
+ *               injection's lock): no child may hang
  *   exec        helpers exec'd (fork+exec, posix_spawn, system, popen) by a
  *               process whose threads are busy in guarded calls
  *   helper      what exec runs: one connection, a record each way and a
@@ -1547,6 +1550,110 @@ static int run_oom(const char *which_case)
 	return 0;
 }
 
+/* ================================================================ fork-locks */
+
+/* The library's process-wide locks and fork: threads keep running the
+ * code that takes them (calls on unguarded DTLS sessions; the injection's
+ * activation, when the library is loaded) while the main thread forks;
+ * each child must make the same kind of calls at once (on a DTLS session
+ * of its own) and exit. A child still there after 5 s is
+ * stuck on a lock copied locked: killed and counted. */
+
+static atomic_int locks_stop;
+static gnutls_session_t locks_dtls[8];
+
+static void *locks_unguarded_thread(void *arg)
+{
+	(void)arg;
+	unsigned char byte = 0;
+	for (unsigned i = 0; !atomic_load(&locks_stop); i++)
+		(void)gnutls_record_send(locks_dtls[i % 8], &byte, 1);
+	return NULL;
+}
+
+static long (*locks_activate)(void);
+
+/* rekeyguard_inject_activate again and again: after the first, each call
+ * only takes and releases the injection's lock. (Not dlopen: glibc 2.36's
+ * own loader lock is copied locked into a child forked during a dlopen.) */
+static void *locks_inject_thread(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&locks_stop))
+		(void)locks_activate();
+	return NULL;
+}
+
+static int run_fork_locks(int forks)
+{
+	rg_watchdog("fork-locks", 300);
+	for (int i = 0; i < 8; i++)
+		if (gnutls_init(&locks_dtls[i], GNUTLS_CLIENT | GNUTLS_DATAGRAM) < 0)
+			die("fork-locks: gnutls_init (DTLS) failed");
+	/* RG_FORK_LOCKS=unguarded leaves the injection out (to see one lock) */
+	const char *which = getenv("RG_FORK_LOCKS");
+	if (which == NULL || strcmp(which, "unguarded") != 0)
+		locks_activate = (long (*)(void))dlsym(RTLD_DEFAULT, "rekeyguard_inject_activate");
+	long patched = locks_activate != NULL ? locks_activate() : -2;
+	pthread_t t[2];
+	int nthreads = 0;
+	start(&t[nthreads++], locks_unguarded_thread, NULL);
+	if (locks_activate != NULL)
+		start(&t[nthreads++], locks_inject_thread, NULL);
+	usleep(20000);
+
+	int stuck = 0, failed = 0, first_bad = -1;
+	double t0 = rg_now();
+	for (int i = 0; i < forks; i++) {
+		pid_t pid = fork();
+		if (pid < 0)
+			die("fork-locks: fork: %s", strerror(errno));
+		if (pid == 0) {
+			alarm(5);
+			/* A session of its own: GnuTLS's per-session locks held by
+			 * the parent's thread are GnuTLS's business (and unsafe to
+			 * inherit with or without the library). */
+			gnutls_session_t own;
+			unsigned char byte = 0;
+			if (gnutls_init(&own, GNUTLS_CLIENT | GNUTLS_DATAGRAM) < 0)
+				_exit(3);
+			(void)gnutls_record_send(own, &byte, 1);
+			gnutls_deinit(own);
+			if (locks_activate != NULL)
+				(void)locks_activate();
+			_exit(0);
+		}
+		int status = 0;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) {
+			stuck++;
+		} else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			failed++;
+		} else {
+			continue;
+		}
+		if (first_bad < 0)
+			first_bad = i;
+		if (stuck + failed >= 3) {   /* each stuck child costs 5 s: enough */
+			forks = i + 1;
+			break;
+		}
+	}
+	double took = rg_now() - t0;
+	atomic_store(&locks_stop, 1);
+	for (int i = 0; i < nthreads; i++)
+		pthread_join(t[i], NULL);
+	for (int i = 0; i < 8; i++)
+		gnutls_deinit(locks_dtls[i]);
+	rg_watchdog_cancel();
+	hu_result("fork-locks", stuck == 0 && failed == 0,
+		  "forks=%d stuck=%d failed=%d first_bad=%d inject_activate=%s patched=%ld took_s=%.2f",
+		  forks, stuck, failed, first_bad, locks_activate != NULL ? "yes" : "absent", patched,
+		  took);
+	return stuck == 0 && failed == 0 ? 0 : 1;
+}
+
 /* ================================================================ main */
 
 static void usage(FILE *out)
@@ -1555,6 +1662,7 @@ static void usage(FILE *out)
 "usage: rg-hardening TEST [options]\n"
 "  fork [--forks N] [--deinit-busy] fork while threads are inside guarded calls\n"
 "  fork-cost [--sessions A,B,..] [--forks N]   fork() time by session count\n"
+"  fork-locks [--forks N]           fork while other threads hold the library's global locks\n"
 "  exec                             helpers exec'd by a busy process\n"
 "  helper [--expect-plain] [--quiet]  one connection (what exec runs)\n"
 "  churn [--cycles N] [--threads T] [--max-growth BYTES]\n"
@@ -1645,6 +1753,8 @@ int main(int argc, char **argv)
 		return run_fork(forks ? (int)forks : quick ? 8 : 30);
 	if (!strcmp(test_name, "fork-cost"))
 		return run_fork_cost(counts, forks ? (int)forks : 31);
+	if (!strcmp(test_name, "fork-locks"))
+		return run_fork_locks(forks ? (int)forks : quick ? 200 : 1000);
 	if (!strcmp(test_name, "exec"))
 		return run_exec();
 	if (!strcmp(test_name, "helper"))
