@@ -237,8 +237,8 @@ struct rg_session {
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;          /* reader/flusher hand-over, deinit, turns */
-	/* Turns (rg_session_lock_turn): threads blocked taking the lock
-	 * (atomic), and how many of them got it so far (under the lock). */
+	/* Turns (rg_session_lock_turn): counted threads blocked taking the
+	 * lock (atomic), and how many of them got it so far (under the lock). */
 	unsigned lock_waiters;
 	unsigned long lock_turns;
 	unsigned cond_waiters;        /* threads in rg_session_wait (under the lock) */
@@ -324,12 +324,13 @@ void rg_registry_mark_injected(void);
 void rg_registry_ensure_init(void);
 
 void rg_session_lock(struct rg_session *s, const char *caller);
-/* The session lock taken fairly: a thread that blocks for it is counted,
- * and a thread that got it at once while others were blocked (it released
- * it a moment ago and came straight back, as a sender streaming records
- * does) lets one of them have it first, if may_yield (it holds no other
- * session's lock). Returns with the lock held. */
-void rg_session_lock_turn(struct rg_session *s, bool may_yield, const char *caller);
+/* The session lock taken with turns: a thread coming back with input to
+ * deliver (counted) that has to block for it is counted, and a thread that
+ * got it at once while one is counted lets it have the lock first, if
+ * may_yield (it holds no other session's lock). Returns with the lock
+ * held. */
+void rg_session_lock_turn(struct rg_session *s, bool may_yield, bool counted,
+			  const char *caller);
 void rg_session_unlock(struct rg_session *s, const char *caller);
 void rg_session_wait(struct rg_session *s, const char *caller);
 void rg_session_broadcast(struct rg_session *s);

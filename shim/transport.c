@@ -413,7 +413,7 @@ static int rg_flush_until(struct rg_session *s, uint64_t mark)
 		int err = n < 0 ? rg_app_errno(s, errno) : 0;
 		rg_capture_end();
 
-		rg_session_lock_turn(s, rg_thread.current == NULL, __func__);
+		rg_session_lock_turn(s, rg_thread.current == NULL, false, __func__);
 		s->flusher_active = false;
 		rg_session_broadcast(s);
 		if (n > 0)
@@ -542,7 +542,7 @@ static bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 		rg_capture_end();
 	}
 
-	rg_session_lock_turn(s, rg_thread.current == NULL, __func__);
+	rg_session_lock_turn(s, rg_thread.current == NULL, o.got > 0 || o.last > 0, __func__);
 	s->reader_active = false;
 	rg_session_broadcast(s);
 	bool timed_out = want == RG_WANT_WAIT ? o.last == 0
@@ -890,7 +890,7 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 	struct rg_session *outer = rg_thread.current;
 	ssize_t ret;
 
-	rg_session_lock_turn(s, rg_thread.current == NULL, __func__);
+	rg_session_lock_turn(s, rg_thread.current == NULL, false, __func__);
 	s->direction_override = -1;
 	s->deadline_ns = 0;
 
