@@ -60,6 +60,17 @@ else
     echo "    (skipped: a process in another mount namespace needs root and unshare)"
 fi
 
+# Another user's process: not readable, and said so (exit 2).
+if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null && id nobody >/dev/null 2>&1; then
+    out=$(runuser -u nobody -- "$status" "$guarded"); rc=$?
+    echo "$out" | sed 's/^/    /'
+    [ "$rc" = 2 ] || fail "another user's process: exit $rc, expected 2"
+    echo "$out" | head -n 1 | grep -q ": unknown\$" || fail "another user's process: expected state unknown"
+    echo "$out" | grep -q "cannot read /proc/$guarded/maps (not permitted" || fail "another user's process: no reason given"
+else
+    echo "    (skipped: another user's process needs root, runuser and the user nobody)"
+fi
+
 json=$("$status" --json "$guarded" "$plain"); rc=$?
 [ "$rc" = 1 ] || fail "--json with an unprotected process: exit $rc"
 echo "$json" | grep -q "\"pid\": $guarded, .*\"state\": \"protected\"" || fail "--json: guarded entry"
