@@ -35,13 +35,37 @@ HARNESS     = tests/harness.c tests/harness.h
 
 .PHONY: all demo check tests deps-build deps-check install uninstall clean
 
-all: $(LIB) rekeyguard-inject
+# rekeyguard-inject borrows a thread with x86-64 code: built only there.
+# The library builds on any Linux architecture (make cross-aarch64).
+TARGET_ARCH_TRIPLE := $(shell $(CC) -dumpmachine 2>/dev/null)
+INJECTOR := $(if $(findstring x86_64,$(TARGET_ARCH_TRIPLE)),rekeyguard-inject)
+
+all: $(LIB) $(INJECTOR)
 
 include tests/hardening.mk
 
+# The one link recipe of every library variant (this one, the ASan one in
+# tests/hardening.mk, the cross build): $(call link_shim,CC,FLAGS,OUTPUT).
+define link_shim
+	$(1) $(2) -shared -Wl,--version-script=shim/exports.map \
+	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -Wl,-Bsymbolic-functions -o $(3) $(SHIM_SRCS) \
+	    -ldl -pthread
+endef
+
 $(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
-	$(CC) $(SHIM_CFLAGS) -shared -Wl,--version-script=shim/exports.map \
-	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -Wl,-Bsymbolic-functions -o $@ $(SHIM_SRCS) -ldl -pthread
+	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
+
+# The library cross-built for aarch64 (Debian's gcc-aarch64-linux-gnu): proves
+# it builds off x86-64 (the shim needs only GnuTLS's headers; it does not
+# link against GnuTLS). Output in build/aarch64/.
+CROSS_CC ?= aarch64-linux-gnu-gcc
+.PHONY: cross-aarch64
+cross-aarch64:
+	@tests/ensure-deps.sh gcc-aarch64-linux-gnu libgnutls28-dev
+	@mkdir -p build/aarch64
+	$(call link_shim,$(CROSS_CC),$(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS),build/aarch64/$(LIB))
+	@readelf -h build/aarch64/$(LIB) | grep -q 'Machine: *AArch64' && \
+	    echo "cross-aarch64: build/aarch64/$(LIB) is an AArch64 shared object"
 
 deps-build:
 	@tests/ensure-deps.sh $(DEPS_BUILD)
@@ -75,13 +99,13 @@ check: deps-check
 	cd tests && ./check_hardening quick
 	@$(MAKE) -s --no-print-directory inject-check
 
-install: $(LIB) rekeyguard-inject
+install: $(LIB) $(INJECTOR)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
 	sed 's|@LIBDIR@|$(LIBDIR)|' run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	chmod 0755 $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	install -m 0755 rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-status
-	install -m 0755 rekeyguard-inject $(DESTDIR)$(BINDIR)/rekeyguard-inject
+	$(if $(INJECTOR),install -m 0755 rekeyguard-inject $(DESTDIR)$(BINDIR)/rekeyguard-inject)
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim \
@@ -89,6 +113,7 @@ uninstall:
 
 clean: hardening-clean
 	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject tools/rg-inject-target
+	rm -rf build
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
 .PHONY: qemu-smoke qemu-soak qemu-bench qemu-libvirt

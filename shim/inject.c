@@ -41,6 +41,19 @@ struct rg_inject_state {
 	unsigned objects;
 };
 
+/* Late loading is implemented for x86-64, the only architecture
+ * rekeyguard-inject supports: elsewhere the library builds and preloads as
+ * usual, and activation refuses. */
+#if defined(__x86_64__)
+#define RG_INJECT_SUPPORTED 1
+#define RG_R_JUMP_SLOT R_X86_64_JUMP_SLOT
+#define RG_R_GLOB_DAT R_X86_64_GLOB_DAT
+#else
+#define RG_INJECT_SUPPORTED 0
+#define RG_R_JUMP_SLOT (~0ul)      /* matches no relocation */
+#define RG_R_GLOB_DAT (~0ul)
+#endif
+
 static pthread_mutex_t rg_inject_lock = PTHREAD_MUTEX_INITIALIZER; /* guards passes */
 static struct rg_inject_state rg_inject;
 static void *(*rg_inject_real_dlopen)(const char *, int);
@@ -137,7 +150,7 @@ static void rg_inject_relocs(struct rg_inject_state *st, const struct dl_phdr_in
 	unsigned long before = st->slots;
 	for (size_t i = 0; i < size / sizeof *rela; i++) {
 		unsigned long type = ELF64_R_TYPE(rela[i].r_info);
-		if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT)
+		if (type != RG_R_JUMP_SLOT && type != RG_R_GLOB_DAT)
 			continue;
 		const char *name = strtab + symtab[ELF64_R_SYM(rela[i].r_info)].st_name;
 		void *wrapper = rg_inject_wrapper_for(st, name);
@@ -235,6 +248,11 @@ static void *rg_inject_dlopen(const char *file, int mode)
 RG_EXPORT long rekeyguard_inject_activate(void)
 {
 	static long result = -1;
+	if (!RG_INJECT_SUPPORTED) {
+		rg_log(RG_LOG_ERROR, "inject: late loading is implemented for x86-64 only; nothing "
+		       "patched (start the program with LD_PRELOAD instead)");
+		return -1;
+	}
 	rg_registry_ensure_init();   /* the fork handlers cover rg_inject_lock from now on */
 	pthread_mutex_lock(&rg_inject_lock);
 	bool first = !rg_injected;

@@ -109,9 +109,7 @@ $(HARDENING_LM)/rg-linkcheck-dl: tests/rg-linkcheck.c tests/rg-xyz.h
 # check_hardening's asan suite sets LD_PRELOAD="$(ASAN_RUNTIME) librekeyguard-asan.so".
 
 librekeyguard-asan.so: $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
-	$(CC) $(SHIM_CFLAGS) $(ASAN_FLAGS) -DREKEYGUARD_DEBUG -shared \
-	    -Wl,--version-script=shim/exports.map -Wl,-z,now -Wl,-z,relro -o $@ $(SHIM_SRCS) \
-	    -ldl -pthread
+	$(call link_shim,$(CC),$(SHIM_CFLAGS) $(ASAN_FLAGS) -DREKEYGUARD_DEBUG,$@)
 
 tests/asan/rg-scenario: tests/rg-scenario.c tests/harness.c tests/harness.h
 	@mkdir -p tests/asan
