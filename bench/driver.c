@@ -30,15 +30,15 @@
 #include <unistd.h>
 
 /* The full plan. Window = BENCH_SECONDS * seconds_factor. */
-#define WORKLOAD(name_, worker_, title_, label_, unit_, lower_, factor_, sessions_, configs_) \
+/* configs last and variadic: WORKLOAD's arguments arrive expanded, and the
+ * braces of ALL_TLS hold commas. */
+#define WORKLOAD_(lat_, name_, worker_, title_, label_, unit_, lower_, factor_, sessions_, ...) \
 	{ .name = name_, .worker = worker_, .title = title_, .chart_label = label_,  \
 	  .unit = unit_, .lower_is_better = lower_, .seconds_factor = factor_,       \
-	  .sessions = sessions_, .configs = configs_ }
-/* The same for a workload that also reports tick latencies (LAT lines). */
-#define WORKLOAD_LAT(name_, worker_, title_, label_, unit_, lower_, factor_, sessions_, configs_) \
-	{ .name = name_, .worker = worker_, .title = title_, .chart_label = label_,  \
-	  .unit = unit_, .lower_is_better = lower_, .seconds_factor = factor_,       \
-	  .sessions = sessions_, .configs = configs_, .latency = true }
+	  .sessions = sessions_, .latency = lat_, .configs = __VA_ARGS__ }
+#define WORKLOAD(...) WORKLOAD_(false, __VA_ARGS__)
+/* A workload that also reports tick latencies (LAT lines). */
+#define WORKLOAD_LAT(...) WORKLOAD_(true, __VA_ARGS__)
 #define RAW_ONLY  { true, false, false, false, false, false, false }
 #define ALL_TLS   { false, true, true, true, true, true, true }
 #define NO_CHACHA { false, true, true, true, true, true, false }
@@ -491,8 +491,8 @@ int bench_driver(const struct bench_plan_opts *opts)
 		/* --workloads: only the named rows, in the plan's order */
 		int kept = 0;
 		char list[128];
+		snprintf(list, sizeof list, ",%s,", opts->workloads);
 		for (int i = 0; i < nworkloads; i++) {
-			snprintf(list, sizeof list, ",%s,", opts->workloads);
 			char name[16];
 			snprintf(name, sizeof name, ",%s,", full_plan[i].name);
 			if (strstr(list, name) != NULL)

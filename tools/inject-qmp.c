@@ -247,8 +247,6 @@ void inj_qemu_ask(pid_t pid, unsigned timeout_ms, struct inj_qemu_info *info)
 			info->answered = i;
 		else if (rc == 0)
 			info->busy++;
-		else
-			info->unreachable++;
 	}
 }
 

@@ -99,7 +99,6 @@ struct inj_qemu_info {
 	char monitor[INJ_QMP_MAX][INJ_PATH_MAX];
 	int answered;                       /* index of the one that answered */
 	int busy;                           /* no greeting: another client holds it */
-	int unreachable;                    /* connect or protocol error */
 	char status[32];                    /* query-migrate's status; "" unknown */
 };
 void inj_qemu_ask(pid_t pid, unsigned timeout_ms, struct inj_qemu_info *info);

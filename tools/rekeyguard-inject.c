@@ -627,18 +627,13 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 			named = true;
 		for (size_t j = 0; j < sizeof migration_threads / sizeof migration_threads[0]; j++) {
 			if (strncmp(threads[i].comm, migration_threads[j], strlen(migration_threads[j])) == 0 &&
-			    strlen(busy) + strlen(threads[i].comm) + 4 < sizeof busy) {
+			    strlen(busy) + strlen(threads[i].comm) + sizeof "threads \"\"" < sizeof busy) {
 				size_t used = strlen(busy);
-				snprintf(busy + used, sizeof busy - used, "%s\"%s\"", used ? ", " : "",
-					 threads[i].comm);
+				snprintf(busy + used, sizeof busy - used, "%s\"%s\"",
+					 used ? ", " : "threads ", threads[i].comm);
 				break;
 			}
 		}
-	}
-	if (busy[0] != '\0') {
-		char names[sizeof busy - 16];
-		snprintf(names, sizeof names, "%s", busy);
-		snprintf(busy, sizeof busy, "threads %s", names);
 	}
 	say("  threads: %d%s\n", n, named || n < 2 ? "" : " (all with the same name: thread names are "
 	    "not set, so a migration in flight cannot be seen; QEMU sets them with "
