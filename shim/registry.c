@@ -35,16 +35,8 @@ static pthread_mutex_t rg_stripe[RG_STRIPES];
 static pthread_once_t rg_registry_once = PTHREAD_ONCE_INIT;
 static unsigned rg_fork_generation;
 
-/* What rekeyguard-status reads from outside (/proc/PID/mem, at this
- * exported symbol): a magic number, then counters. */
-RG_EXPORT struct rekeyguard_status {
-	uint64_t magic;          /* RG_STATUS_MAGIC */
-	uint64_t guarded;        /* sessions guarded since load */
-	uint64_t unguarded;      /* distinct sessions in use the shim does not
-	                          * guard (older than an injection, or DTLS),
-	                          * counted up to RG_UNGUARDED_SEEN */
-	uint64_t injected;       /* 1 when loaded by rekeyguard-inject */
-} rekeyguard_status = { RG_STATUS_MAGIC, 0, 0, 0 };
+/* What rekeyguard-status reads from outside (include/rekeyguard.h). */
+RG_EXPORT struct rekeyguard_status rekeyguard_status = { REKEYGUARD_STATUS_MAGIC, 0, 0, 0 };
 
 #define RG_UNGUARDED_SEEN 256
 /* The distinct unguarded sessions seen so far, without a lock: a slot is

@@ -56,6 +56,8 @@
 #ifndef REKEYGUARD_SHIM_H
 #define REKEYGUARD_SHIM_H
 
+#include "../include/rekeyguard.h"
+
 #include <gnutls/gnutls.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -66,7 +68,6 @@
 #define RG_EXPORT __attribute__((visibility("default")))
 #define RG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-#define REKEYGUARD_VERSION "0.1.0"
 
 /* ---- config.c -------------------------------------------------------- */
 
@@ -317,7 +318,6 @@ void rg_registry_destroy(struct rg_session *s);
 unsigned long rg_registry_guarded_total(void);
 /* For rekeyguard-status: a session used through a wrapper but not guarded,
  * and the injection. */
-#define RG_STATUS_MAGIC UINT64_C(0x64726175474b6552) /* "ReKGuard" */
 void rg_registry_note_unguarded(gnutls_session_t session);
 void rg_registry_mark_injected(void);
 /* Creates the stripe locks and installs the fork handlers (once). */
