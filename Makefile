@@ -10,6 +10,9 @@
 CC       ?= cc
 CFLAGS   ?= -O2 -g
 WARN      = -Wall -Wextra -Werror
+# The tools (rekeyguard-inject, rekeyguard-status): every non-static
+# function is declared in a header (tools/proc.h, tools/elf-object.h, ...).
+TOOLS_WARN = $(WARN) -Wmissing-prototypes
 SHIM_CFLAGS = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread
 GNUTLS_CFLAGS := $(shell pkg-config --cflags gnutls 2>/dev/null)
 GNUTLS_LIBS   := $(shell pkg-config --libs gnutls 2>/dev/null || echo -lgnutls)

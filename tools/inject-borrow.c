@@ -431,7 +431,7 @@ static bool at_safe_point(struct borrow *b, const struct user_regs_struct *r)
 	if (r->rip >= b->plan->ld_start && r->rip < b->plan->ld_end)
 		return false;
 	unsigned char insn[2];
-	return inj_mem_read(b->memfd, r->rip - 2, insn, sizeof insn) == 0 && insn[0] == 0x0f &&
+	return proc_mem_read(b->memfd, r->rip - 2, insn, sizeof insn) == 0 && insn[0] == 0x0f &&
 	       insn[1] == 0x05;        /* syscall, not int $0x80 */
 }
 
@@ -656,13 +656,13 @@ static bool choose_signal(struct borrow *b)
 {
 	static const int candidates[] = { SIGURG, SIGWINCH, SIGCHLD };
 	uint64_t blocked = 0, caught = 0, pending = 0, shared = 0;
-	if (!inj_status_sigset(b->pid, b->pid, "SigBlk", &blocked) ||
-	    !inj_status_sigset(b->pid, b->pid, "SigCgt", &caught)) {
+	if (!proc_status_sigset(b->pid, b->pid, "SigBlk", &blocked) ||
+	    !proc_status_sigset(b->pid, b->pid, "SigCgt", &caught)) {
 		note(b, "cannot read the main thread's signal masks");
 		return false;
 	}
-	inj_status_sigset(b->pid, b->pid, "SigPnd", &pending);
-	inj_status_sigset(b->pid, b->pid, "ShdPnd", &shared);
+	proc_status_sigset(b->pid, b->pid, "SigPnd", &pending);
+	proc_status_sigset(b->pid, b->pid, "ShdPnd", &shared);
 	b->sigmask = blocked;
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
@@ -689,12 +689,12 @@ static bool choose_signal(struct borrow *b)
 static bool settle_sigmask(struct borrow *b)
 {
 	uint64_t now;
-	if (!inj_status_sigset(b->pid, b->pid, "SigBlk", &now) || now == b->sigmask)
+	if (!proc_status_sigset(b->pid, b->pid, "SigBlk", &now) || now == b->sigmask)
 		return true;
 	if (!choose_signal(b))
 		return false;
 	size_t off = offsetof(struct kernel_ucontext, uc_sigmask);
-	if (inj_mem_write(b->memfd, b->at.uc + off, &b->sigmask, sizeof b->sigmask) != 0) {
+	if (proc_mem_write(b->memfd, b->at.uc + off, &b->sigmask, sizeof b->sigmask) != 0) {
 		note(b, "cannot update the signal frame's mask");
 		return false;
 	}
@@ -726,7 +726,7 @@ static bool write_frame(struct borrow *b)
 		note(b, "out of memory");
 		return false;
 	}
-	if (inj_mem_read(b->memfd, at->frame, b->stack_saved, len) != 0) {
+	if (proc_mem_read(b->memfd, at->frame, b->stack_saved, len) != 0) {
 		free(image);
 		free(b->stack_saved);
 		b->stack_saved = NULL;
@@ -756,7 +756,7 @@ static bool write_frame(struct borrow *b)
 	memcpy(image, &gadget, sizeof gadget);
 	memcpy(image + (at->uc - at->frame), &uc, sizeof uc);
 	memcpy(image + (at->fpstate - at->frame), fp, fp_len);
-	int err = inj_mem_write(b->memfd, at->frame, image, len);
+	int err = proc_mem_write(b->memfd, at->frame, image, len);
 	free(image);
 	if (err != 0) {
 		note(b, "cannot write the signal frame: %s", strerror(-err));
@@ -783,7 +783,7 @@ static bool restore_and_detach(struct borrow *b)
 	if (!set_regs(b, &b->restore))
 		ok = false;
 	if (b->stack_saved != NULL &&
-	    inj_mem_write(b->memfd, b->at.frame, b->stack_saved, (size_t)(b->at.top - b->at.frame)) != 0) {
+	    proc_mem_write(b->memfd, b->at.frame, b->stack_saved, (size_t)(b->at.top - b->at.frame)) != 0) {
 		note(b, "cannot put the stack bytes back");
 		ok = false;
 	}
@@ -933,8 +933,8 @@ static enum inj_call_outcome borrow_and_call(struct borrow *b)
 	};
 	memcpy(page + data_off, &data, sizeof data);
 	struct tramp_results zero = { 0 };
-	if (inj_mem_write(b->memfd, b->page, page, path_off + path_len) != 0 ||
-	    inj_mem_write(b->memfd, b->at.results, &zero, sizeof zero) != 0) {
+	if (proc_mem_write(b->memfd, b->page, page, path_off + path_len) != 0 ||
+	    proc_mem_write(b->memfd, b->at.results, &zero, sizeof zero) != 0) {
 		note(b, "cannot write the trampoline into the target");
 		restore_and_detach(b);
 		return INJ_CALL_ERROR;
@@ -987,16 +987,16 @@ static enum inj_call_outcome borrow_and_call(struct borrow *b)
 	maybe_die(b, 5);
 
 	struct tramp_results out;
-	if (inj_mem_read(b->memfd, b->at.results, &out, sizeof out) == 0) {
+	if (proc_mem_read(b->memfd, b->at.results, &out, sizeof out) == 0) {
 		res->handle = out.handle;
 		res->activate_found = out.activate != 0;
 		res->activate_ret = (long)out.activate_ret;
 		if (out.handle == 0 && out.dlerror != 0)
-			inj_mem_read_string(b->memfd, out.dlerror, res->dlerror, sizeof res->dlerror);
+			proc_mem_read_string(b->memfd, out.dlerror, res->dlerror, sizeof res->dlerror);
 	}
 	if (plan->verify_threads) {
-		struct inj_thread threads[512];
-		int n = inj_threads_read(b->pid, threads, 512);
+		struct proc_thread threads[512];
+		int n = proc_threads_read(b->pid, threads, 512);
 		for (int i = 0; i < n; i++) {
 			if (threads[i].tid == b->pid)
 				continue;

@@ -32,7 +32,7 @@
 
 struct chardev {
 	char id[64];
-	char path[INJ_PATH_MAX];
+	char path[PROC_PATH_MAX];
 };
 
 /* Value of KEY=... in a comma-separated QEMU option string, or "" */
@@ -54,14 +54,14 @@ static void add_socket(struct inj_qemu_info *info, const char *path)
 {
 	if (path[0] == '\0' || info->monitors >= INJ_QMP_MAX)
 		return;
-	snprintf(info->monitor[info->monitors++], INJ_PATH_MAX, "%s", path);
+	snprintf(info->monitor[info->monitors++], PROC_PATH_MAX, "%s", path);
 }
 
 /* The QMP unix sockets and "-incoming" from /proc/PID/cmdline. */
 static void parse_cmdline(pid_t pid, struct inj_qemu_info *info)
 {
 	size_t len = 0;
-	char *buf = inj_proc_nul_list(pid, "cmdline", &len);
+	char *buf = proc_nul_list(pid, "cmdline", &len);
 	if (buf == NULL)
 		return;
 	struct chardev devs[MAX_CHARDEVS];
@@ -76,7 +76,7 @@ static void parse_cmdline(pid_t pid, struct inj_qemu_info *info)
 			info->incoming = true;
 		if ((strcmp(opt, "-qmp") == 0 || strcmp(opt, "-qmp-pretty") == 0) &&
 		    strncmp(arg, "unix:", 5) == 0) {
-			char path[INJ_PATH_MAX];
+			char path[PROC_PATH_MAX];
 			size_t n = strcspn(arg + 5, ",");
 			snprintf(path, sizeof path, "%.*s", (int)(n < sizeof path ? n : sizeof path - 1),
 				 arg + 5);
@@ -111,7 +111,7 @@ static void parse_cmdline(pid_t pid, struct inj_qemu_info *info)
  * working directory for a relative path), whatever the length. */
 static int connect_as_process(pid_t pid, const char *path)
 {
-	char dir[INJ_PATH_MAX + 64];
+	char dir[PROC_PATH_MAX + 64];
 	const char *slash = strrchr(path, '/');
 	const char *base = slash ? slash + 1 : path;
 	if (path[0] == '/')

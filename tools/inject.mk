@@ -1,5 +1,5 @@
 # tools/inject.mk — rekeyguard-inject and its tests; included by the
-# top-level Makefile (uses its CC, CFLAGS, WARN, TEST_CFLAGS, HARNESS,
+# top-level Makefile (uses its CC, CFLAGS, TOOLS_WARN, TEST_CFLAGS, HARNESS,
 # GNUTLS_LIBS, LIB and LIBDIR).
 #
 #   make rekeyguard-inject    the injector (C, no GnuTLS, no gdb)
@@ -9,13 +9,13 @@
 #                             during a migration, provoked TLS precopy and
 #                             postcopy between injected QEMUs (about 2 min)
 
-INJECT_SRCS = tools/rekeyguard-inject.c tools/inject-borrow.c tools/inject-elf.c \
-              tools/inject-proc.c tools/inject-qmp.c
-INJECT_HDRS = tools/inject.h
+INJECT_SRCS = tools/rekeyguard-inject.c tools/inject-borrow.c tools/elf-object.c \
+              tools/proc.c tools/inject-qmp.c
+INJECT_HDRS = tools/inject.h tools/proc.h tools/elf-object.h
 INJECT_TEST_PROGS = tools/rg-inject-target
 
 rekeyguard-inject: $(INJECT_SRCS) $(INJECT_HDRS)
-	$(CC) $(CFLAGS) $(WARN) -DRG_INJECT_LIBDIR='"$(LIBDIR)"' -o $@ $(INJECT_SRCS)
+	$(CC) $(CFLAGS) $(TOOLS_WARN) -DRG_INJECT_LIBDIR='"$(LIBDIR)"' -o $@ $(INJECT_SRCS)
 
 tools/rg-inject-target: tools/rg-inject-target.c $(HARNESS)
 	$(CC) $(TEST_CFLAGS) -o $@ tools/rg-inject-target.c tests/harness.c $(GNUTLS_LIBS) -ldl

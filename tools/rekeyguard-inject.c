@@ -36,6 +36,7 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/capability.h>
 
@@ -44,6 +45,13 @@
 #endif
 #define LIB_NAME "librekeyguard.so"
 #define DEFAULT_TIMEOUT_MS 5000
+
+double inj_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 /* Thread names (prefixes) QEMU gives a migration in flight
  * (-name ...,debug-threads=on): QEMU up to 9.x, then QEMU 10's
@@ -192,8 +200,8 @@ static void explain_ptrace_denied(struct report *rep, int err)
  * the LIBDIR it was built with. */
 static const char *default_lib(void)
 {
-	static char path[INJ_PATH_MAX];
-	char exe[INJ_PATH_MAX];
+	static char path[PROC_PATH_MAX];
+	char exe[PROC_PATH_MAX];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
 	if (n > 0) {
 		exe[n] = '\0';
@@ -234,7 +242,7 @@ static bool capset_effective(uint64_t eff)
  * faccessat(AT_EACCESS) below /proc/PID/root. Returns 0 when readable,
  * else an errno value; sets noexec for a noexec mount.
  */
-static int library_access_as_target(pid_t pid, const struct inj_creds *creds, const char *lib,
+static int library_access_as_target(pid_t pid, const struct proc_creds *creds, const char *lib,
 				    bool *noexec)
 {
 	char root[64];
@@ -341,7 +349,7 @@ static void names_free(struct names *set)
 }
 
 /* The GnuTLS functions the library defines (its interposed names). */
-static bool library_interposed_names(const struct inj_elf *lib, struct names *out)
+static bool library_interposed_names(const struct elf_object *lib, struct names *out)
 {
 	memset(out, 0, sizeof *out);
 	for (size_t i = 1; i < lib->nsyms; i++) {
@@ -379,12 +387,12 @@ static bool skip_object(const char *path)
  * slot's value is read from the target and counted as guarded when it
  * points into [lib_start, lib_end).
  */
-static void scan_got(pid_t pid, const struct inj_maps *maps, const struct names *interposed,
+static void scan_got(pid_t pid, const struct proc_maps *maps, const struct names *interposed,
 		     int memfd, uint64_t lib_start, uint64_t lib_end, struct got_scan *scan)
 {
 	memset(scan, 0, sizeof *scan);
 	for (size_t i = 0; i < maps->n; i++) {
-		const struct inj_map *m = &maps->v[i];
+		const struct proc_map *m = &maps->v[i];
 		bool self = memfd >= 0 && m->start == lib_start;
 		if (m->offset != 0 || m->path[0] != '/' || (skip_object(m->path) && !self))
 			continue;
@@ -394,17 +402,17 @@ static void scan_got(pid_t pid, const struct inj_maps *maps, const struct names 
 			       strcmp(maps->v[j].path, m->path) == 0;
 		if (seen)
 			continue;
-		int fd = inj_map_open(pid, m, NULL);
+		int fd = proc_map_open(pid, m, NULL);
 		if (fd < 0)
 			continue;
-		struct inj_elf elf;
+		struct elf_object elf;
 		char err[128];
-		if (inj_elf_open(&elf, fd, true, err, sizeof err) != 0) {
-			inj_elf_close(&elf);
+		if (elf_object_open(&elf, fd, ELF_OBJECT_RELOCS, err, sizeof err) != 0) {
+			elf_object_close(&elf);
 			close(fd);
 			continue;
 		}
-		uint64_t bias = inj_elf_bias(&elf, m->start);
+		uint64_t bias = elf_object_bias(&elf, m->start);
 		unsigned slots = 0, guarded = 0;
 		for (int table = 0; table < 2; table++) {
 			const Elf64_Rela *rel = table ? elf.jmprel : elf.rela;
@@ -421,7 +429,7 @@ static void scan_got(pid_t pid, const struct inj_maps *maps, const struct names 
 					continue;
 				uint64_t value = 0;
 				bool points_in = memfd >= 0 &&
-						 inj_mem_read(memfd, bias + rel[r].r_offset, &value, sizeof value) == 0 &&
+						 proc_mem_read(memfd, bias + rel[r].r_offset, &value, sizeof value) == 0 &&
 						 value >= lib_start && value < lib_end;
 				if (self) {
 					/* loaded RTLD_LOCAL, the library's own references
@@ -459,7 +467,7 @@ static void scan_got(pid_t pid, const struct inj_maps *maps, const struct names 
 		}
 		scan->slots += slots;
 		scan->guarded += guarded;
-		inj_elf_close(&elf);
+		elf_object_close(&elf);
 		close(fd);
 	}
 	names_sort(&scan->guarded_names);
@@ -489,9 +497,9 @@ static void print_names(const char *label, const struct names *set)
 
 struct target {
 	pid_t pid;
-	struct inj_maps maps;
-	const struct inj_map *libc, *ld, *gnutls, *rekeyguard;
-	struct inj_creds creds;
+	struct proc_maps maps;
+	const struct proc_map *libc, *ld, *gnutls, *rekeyguard;
+	struct proc_creds creds;
 	struct inj_call_plan plan;
 	struct stat lib_st;
 	bool lib_found;
@@ -500,17 +508,17 @@ struct target {
 static bool resolve_libc(struct target *t, struct report *rep)
 {
 	bool via_map_files;
-	int fd = inj_map_open(t->pid, t->libc, &via_map_files);
+	int fd = proc_map_open(t->pid, t->libc, &via_map_files);
 	if (fd < 0) {
 		refuse(rep, "cannot open the target's libc %s: %s", t->libc->path, strerror(-fd));
 		return false;
 	}
-	struct inj_elf elf;
+	struct elf_object elf;
 	char err[128];
-	bool ok = inj_elf_open(&elf, fd, false, err, sizeof err) == 0;
+	bool ok = elf_object_open(&elf, fd, ELF_OBJECT_X86_64, err, sizeof err) == 0;
 	if (!ok)
 		refuse(rep, "cannot read the target's libc %s: %s", t->libc->path, err);
-	uint64_t bias = ok ? inj_elf_bias(&elf, t->libc->start) : 0;
+	uint64_t bias = ok ? elf_object_bias(&elf, t->libc->start) : 0;
 	struct {
 		const char *name;
 		uint64_t *out;
@@ -521,7 +529,7 @@ static bool resolve_libc(struct target *t, struct report *rep)
 	};
 	for (size_t i = 0; ok && i < sizeof want / sizeof want[0]; i++) {
 		uint64_t v;
-		if (!inj_elf_lookup(&elf, want[i].name, &v)) {
+		if (!elf_object_lookup(&elf, want[i].name, &v)) {
 			refuse(rep, "the target's libc %s does not export %s (glibc older than 2.34 "
 			       "keeps dlopen in libdl, which this tool does not use)",
 			       t->libc->path, want[i].name);
@@ -533,7 +541,7 @@ static bool resolve_libc(struct target *t, struct report *rep)
 	/* __restore_rt: mov $15,%rax; syscall */
 	static const unsigned char sigreturn[] = { 0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05 };
 	uint64_t v;
-	if (ok && !inj_elf_find_code(&elf, sigreturn, sizeof sigreturn, &v)) {
+	if (ok && !elf_object_find_code(&elf, sigreturn, sizeof sigreturn, &v)) {
 		refuse(rep, "no rt_sigreturn sequence found in the target's libc");
 		ok = false;
 	}
@@ -543,7 +551,7 @@ static bool resolve_libc(struct target *t, struct report *rep)
 		say("  libc: %s%s (read through /proc/%d/%s), dlopen at 0x%" PRIx64 "\n",
 		    t->libc->path, t->libc->deleted ? " (deleted or replaced on disk)" : "",
 		    (int)t->pid, via_map_files ? "map_files" : "root", t->plan.fn_dlopen);
-	inj_elf_close(&elf);
+	elf_object_close(&elf);
 	close(fd);
 	return ok;
 }
@@ -553,7 +561,7 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 {
 	pid_t pid = t->pid;
 	char v[256];
-	if (!inj_status_field(pid, 0, "Tgid", v, sizeof v)) {
+	if (!proc_status_field(pid, 0, "Tgid", v, sizeof v)) {
 		refuse(rep, "no such process");
 		return;
 	}
@@ -565,7 +573,7 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 		refuse(rep, "that is this injector");
 		return;
 	}
-	if (inj_status_field(pid, 0, "State", v, sizeof v)) {
+	if (proc_status_field(pid, 0, "State", v, sizeof v)) {
 		if (v[0] == 'Z' || v[0] == 'X') {
 			refuse(rep, "the process is exiting (%s)", v);
 			return;
@@ -573,12 +581,12 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 		if (v[0] == 'T')
 			refuse(rep, "the process is stopped (%s); its main thread could not run the load", v);
 	}
-	if (inj_status_field(pid, 0, "TracerPid", v, sizeof v) && atoi(v) != 0) {
+	if (proc_status_field(pid, 0, "TracerPid", v, sizeof v) && atoi(v) != 0) {
 		char comm[32];
-		inj_comm((pid_t)atoi(v), comm, sizeof comm);
+		proc_comm((pid_t)atoi(v), comm, sizeof comm);
 		refuse(rep, "the process is already traced by PID %s (%s), e.g. a debugger", v, comm);
 	}
-	int err = inj_maps_read(pid, &t->maps);
+	int err = proc_maps_read(pid, &t->maps);
 	if (err != 0) {
 		if (err == -EACCES || err == -EPERM)
 			explain_ptrace_denied(rep, -err);
@@ -586,30 +594,30 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 			refuse(rep, "cannot read /proc/%d/maps: %s", (int)pid, strerror(-err));
 		return;
 	}
-	if (!inj_read_creds(pid, &t->creds)) {
+	if (!proc_read_creds(pid, &t->creds)) {
 		refuse(rep, "cannot read the process's credentials");
 		return;
 	}
 
-	t->gnutls = inj_maps_find_object(&t->maps, "libgnutls.so");
-	t->libc = inj_maps_find_object(&t->maps, "libc.so.6");
+	t->gnutls = proc_maps_find_object(&t->maps, "libgnutls.so");
+	t->libc = proc_maps_find_object(&t->maps, "libc.so.6");
 	if (t->libc == NULL)
-		t->libc = inj_maps_find_object(&t->maps, "libc-");
-	t->ld = inj_maps_find_object(&t->maps, "ld-linux");
-	t->rekeyguard = inj_maps_find_object(&t->maps, "librekeyguard");
-	char rootlib[INJ_PATH_MAX + 64];
+		t->libc = proc_maps_find_object(&t->maps, "libc-");
+	t->ld = proc_maps_find_object(&t->maps, "ld-linux");
+	t->rekeyguard = proc_maps_find_object(&t->maps, "librekeyguard");
+	char rootlib[PROC_PATH_MAX + 64];
 	snprintf(rootlib, sizeof rootlib, "/proc/%d/root%s", (int)pid, lib);
 	t->lib_found = stat(rootlib, &t->lib_st) == 0;
 	if (t->rekeyguard == NULL && t->lib_found)
-		t->rekeyguard = inj_maps_find_inode(&t->maps, t->lib_st.st_dev, t->lib_st.st_ino);
+		t->rekeyguard = proc_maps_find_inode(&t->maps, t->lib_st.st_dev, t->lib_st.st_ino);
 
 	if (t->gnutls == NULL)
 		refuse(rep, "no libgnutls is mapped in the process: nothing to guard");
 	else
 		say("  libgnutls: %s\n", t->gnutls->path);
 	if (t->rekeyguard != NULL) {
-		char preload[INJ_PATH_MAX] = "";
-		inj_environ_get(pid, "LD_PRELOAD", preload, sizeof preload);
+		char preload[PROC_PATH_MAX] = "";
+		proc_environ_get(pid, "LD_PRELOAD", preload, sizeof preload);
 		refuse(rep, "the library is already mapped: %s (%s)", t->rekeyguard->path,
 		       strstr(preload, "rekeyguard") ? "preloaded through LD_PRELOAD"
 						     : "injected earlier or loaded by the program");
@@ -618,8 +626,8 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 		refuse(rep, "no glibc libc.so.6 is mapped (a static binary or another libc)");
 
 	/* a migration in flight: its sessions predate us and stay unguarded */
-	struct inj_thread threads[1024];
-	int n = inj_threads_read(pid, threads, 1024);
+	struct proc_thread threads[1024];
+	int n = proc_threads_read(pid, threads, 1024);
 	char busy[256] = "";
 	bool named = false;
 	for (int i = 0; i < n; i++) {
@@ -695,17 +703,17 @@ static void inspect(struct target *t, struct report *rep, const char *lib)
 	if (memfd >= 0)
 		close(memfd);
 
-	if (inj_status_field(pid, pid, "x86_Thread_features", v, sizeof v) && strstr(v, "shstk"))
+	if (proc_status_field(pid, pid, "x86_Thread_features", v, sizeof v) && strstr(v, "shstk"))
 		refuse(rep, "the main thread uses a CET shadow stack: the borrowed call returns through "
 		       "addresses the shadow stack does not hold, which would kill the process");
-	if (inj_status_field(pid, 0, "Seccomp", v, sizeof v) && atoi(v) == 2)
+	if (proc_status_field(pid, 0, "Seccomp", v, sizeof v) && atoi(v) == 2)
 		remark(rep, "the process runs under a seccomp filter (QEMU -sandbox): the load needs "
 		       "openat, mmap, mprotect, munmap, getpid and tgkill; QEMU's sandbox allows them, "
 		       "another filter may kill the process (SIGSYS)");
 	char env[256];
-	if (inj_environ_get(pid, "REKEYGUARD_MODE", env, sizeof env))
+	if (proc_environ_get(pid, "REKEYGUARD_MODE", env, sizeof env))
 		remark(rep, "the process's environment has REKEYGUARD_MODE=%s", env);
-	if (inj_environ_get(pid, "REKEYGUARD_PROVOKE_REKEY", env, sizeof env))
+	if (proc_environ_get(pid, "REKEYGUARD_PROVOKE_REKEY", env, sizeof env))
 		remark(rep, "the process's environment has REKEYGUARD_PROVOKE_REKEY=%s: forced key "
 		       "updates (validation only)", env);
 
@@ -742,38 +750,38 @@ static int process_one(pid_t pid, const char *lib)
 {
 	struct report rep = { .pid = pid };
 	struct target t = { .pid = pid };
-	inj_comm(pid, rep.comm, sizeof rep.comm);
+	proc_comm(pid, rep.comm, sizeof rep.comm);
 	say("rekeyguard-inject: PID %d (%s)\n", (int)pid, rep.comm);
 	inspect(&t, &rep, lib);
 
 	if (rep.refusals > 0) {
 		finish(&rep, "refused", "");
-		inj_maps_free(&t.maps);
+		proc_maps_free(&t.maps);
 		return 1;
 	}
 
 	/* what the library would patch, from the relocations */
 	int libfd = -1;
-	struct inj_elf libelf = { .fd = -1 };
+	struct elf_object libelf = { .fd = -1 };
 	struct names interposed = { 0 };
-	char rootlib[INJ_PATH_MAX + 64], err[128];
+	char rootlib[PROC_PATH_MAX + 64], err[128];
 	snprintf(rootlib, sizeof rootlib, "/proc/%d/root%s", (int)pid, lib);
 	libfd = open(rootlib, O_RDONLY | O_CLOEXEC);
 	uint64_t activate;
-	if (libfd < 0 || inj_elf_open(&libelf, libfd, false, err, sizeof err) != 0 ||
+	if (libfd < 0 || elf_object_open(&libelf, libfd, ELF_OBJECT_X86_64, err, sizeof err) != 0 ||
 	    !library_interposed_names(&libelf, &interposed) ||
-	    !inj_elf_lookup(&libelf, "rekeyguard_inject_activate", &activate)) {
+	    !elf_object_lookup(&libelf, "rekeyguard_inject_activate", &activate)) {
 		refuse(&rep, "%s is not a rekeyguard library with late loading "
 		       "(rekeyguard_inject_activate)", lib);
 		finish(&rep, "refused", "");
-		inj_elf_close(&libelf);
+		elf_object_close(&libelf);
 		if (libfd >= 0)
 			close(libfd);
 		names_free(&interposed);
-		inj_maps_free(&t.maps);
+		proc_maps_free(&t.maps);
 		return 1;
 	}
-	inj_elf_close(&libelf);
+	elf_object_close(&libelf);
 	close(libfd);
 
 	struct got_scan before;
@@ -794,7 +802,7 @@ static int process_one(pid_t pid, const char *lib)
 		names_free(&before.guarded_names);
 		names_free(&before.unguarded_names);
 		names_free(&interposed);
-		inj_maps_free(&t.maps);
+		proc_maps_free(&t.maps);
 		return 0;
 	}
 	names_free(&before.guarded_names);
@@ -807,7 +815,7 @@ static int process_one(pid_t pid, const char *lib)
 	t.plan.test_die_at = opt.test_die_at;
 	if (t.ld != NULL) {
 		t.plan.ld_start = t.ld->start;
-		t.plan.ld_end = inj_maps_object_end(&t.maps, t.ld);
+		t.plan.ld_end = proc_maps_object_end(&t.maps, t.ld);
 	}
 	struct inj_call_result res;
 	inj_call(&t.plan, &res);
@@ -842,13 +850,13 @@ static int process_one(pid_t pid, const char *lib)
 		if (res.outcome == INJ_CALL_DETACHED)
 			say("  warning: %s; check later with rekeyguard-inject --check %d "
 			    "(\"already mapped\") and the process's log\n", res.message, (int)pid);
-		struct inj_maps after = { 0 };
-		const struct inj_map *m = NULL;
+		struct proc_maps after = { 0 };
+		const struct proc_map *m = NULL;
 		uint64_t lib_end = 0;
-		if (inj_maps_read(pid, &after) == 0) {
-			m = inj_maps_find_inode(&after, t.lib_st.st_dev, t.lib_st.st_ino);
+		if (proc_maps_read(pid, &after) == 0) {
+			m = proc_maps_find_inode(&after, t.lib_st.st_dev, t.lib_st.st_ino);
 			if (m != NULL)
-				lib_end = inj_maps_object_end(&after, m);
+				lib_end = proc_maps_object_end(&after, m);
 		}
 		if (res.outcome == INJ_CALL_DONE && res.handle == 0) {
 			say("  failed: dlopen in the target: %s%s\n", res.dlerror[0] ? res.dlerror : "(no message)",
@@ -912,12 +920,12 @@ static int process_one(pid_t pid, const char *lib)
 		names_free(&scan.guarded_names);
 		names_free(&scan.unguarded_names);
 		names_free(&scan.self_unbound_names);
-		inj_maps_free(&after);
+		proc_maps_free(&after);
 		break;
 	}
 	}
 	names_free(&interposed);
-	inj_maps_free(&t.maps);
+	proc_maps_free(&t.maps);
 	return rc;
 }
 
@@ -968,7 +976,7 @@ int main(int argc, char **argv)
 	if (die != NULL)
 		opt.test_die_at = atoi(die);
 
-	char lib[INJ_PATH_MAX];
+	char lib[PROC_PATH_MAX];
 	const char *given = opt.lib ? opt.lib : default_lib();
 	if (given[0] == '/' || realpath(given, lib) == NULL)
 		snprintf(lib, sizeof lib, "%s", given);

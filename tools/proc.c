@@ -1,13 +1,14 @@
 /*
- * inject-proc.c — what rekeyguard-inject reads from /proc/PID.
+ * proc.c — what rekeyguard-inject and rekeyguard-status read from /proc/PID.
  *
  * Owns: parsing maps, status, the task list, comm and environ, and access
- * to the target's memory through /proc/PID/mem. Nothing here stops or
- * changes the target; reading /proc/PID/mem only needs the ptrace access
- * check the caller already passed.
+ * to the target's memory through /proc/PID/mem. Nothing here stops the
+ * target, and only proc_mem_write changes it; reading /proc/PID/mem only
+ * needs the ptrace access check the caller already passed. No
+ * architecture-specific code (proc.h).
  */
 #define _GNU_SOURCE
-#include "inject.h"
+#include "proc.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -18,19 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysmacros.h>
-#include <time.h>
 #include <unistd.h>
-
-double inj_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ------------------------------------------------------------ maps */
 
-static bool parse_map_line(const char *line, struct inj_map *m)
+static bool parse_map_line(const char *line, struct proc_map *m)
 {
 	int path_at = 0;
 	unsigned long long start, end, offset, inode;
@@ -57,7 +50,7 @@ static bool parse_map_line(const char *line, struct inj_map *m)
 	return true;
 }
 
-int inj_maps_read(pid_t pid, struct inj_maps *maps)
+int proc_maps_read(pid_t pid, struct proc_maps *maps)
 {
 	char name[64];
 	snprintf(name, sizeof name, "/proc/%d/maps", (int)pid);
@@ -72,11 +65,11 @@ int inj_maps_read(pid_t pid, struct inj_maps *maps)
 	while (getline(&line, &line_cap, f) > 0) {
 		if (maps->n == cap) {
 			cap = cap ? cap * 2 : 256;
-			struct inj_map *v = realloc(maps->v, cap * sizeof *v);
+			struct proc_map *v = realloc(maps->v, cap * sizeof *v);
 			if (v == NULL) {
 				free(line);
 				fclose(f);
-				inj_maps_free(maps);
+				proc_maps_free(maps);
 				return -ENOMEM;
 			}
 			maps->v = v;
@@ -89,7 +82,7 @@ int inj_maps_read(pid_t pid, struct inj_maps *maps)
 	return maps->n > 0 ? 0 : -ESRCH;
 }
 
-void inj_maps_free(struct inj_maps *maps)
+void proc_maps_free(struct proc_maps *maps)
 {
 	free(maps->v);
 	maps->v = NULL;
@@ -102,10 +95,10 @@ static const char *base_name(const char *path)
 	return slash ? slash + 1 : path;
 }
 
-const struct inj_map *inj_maps_find_object(const struct inj_maps *maps, const char *prefix)
+const struct proc_map *proc_maps_find_object(const struct proc_maps *maps, const char *prefix)
 {
 	for (size_t i = 0; i < maps->n; i++) {
-		const struct inj_map *m = &maps->v[i];
+		const struct proc_map *m = &maps->v[i];
 		if (m->offset == 0 && m->path[0] == '/' &&
 		    strncmp(base_name(m->path), prefix, strlen(prefix)) == 0)
 			return m;
@@ -113,11 +106,11 @@ const struct inj_map *inj_maps_find_object(const struct inj_maps *maps, const ch
 	return NULL;
 }
 
-const struct inj_map *inj_maps_find_inode(const struct inj_maps *maps, uint64_t dev,
-					  uint64_t inode)
+const struct proc_map *proc_maps_find_inode(const struct proc_maps *maps, uint64_t dev,
+					   uint64_t inode)
 {
 	for (size_t i = 0; i < maps->n; i++) {
-		const struct inj_map *m = &maps->v[i];
+		const struct proc_map *m = &maps->v[i];
 		if (m->offset == 0 && m->inode == inode && m->inode != 0 &&
 		    makedev(m->dev_major, m->dev_minor) == dev)
 			return m;
@@ -125,11 +118,11 @@ const struct inj_map *inj_maps_find_inode(const struct inj_maps *maps, uint64_t 
 	return NULL;
 }
 
-uint64_t inj_maps_object_end(const struct inj_maps *maps, const struct inj_map *first)
+uint64_t proc_maps_object_end(const struct proc_maps *maps, const struct proc_map *first)
 {
 	uint64_t end = first->end;
 	for (size_t i = 0; i < maps->n; i++) {
-		const struct inj_map *m = &maps->v[i];
+		const struct proc_map *m = &maps->v[i];
 		if (m->inode == first->inode && m->dev_major == first->dev_major &&
 		    m->dev_minor == first->dev_minor && m->end > end)
 			end = m->end;
@@ -137,13 +130,13 @@ uint64_t inj_maps_object_end(const struct inj_maps *maps, const struct inj_map *
 	return end;
 }
 
-int inj_map_open(pid_t pid, const struct inj_map *m, bool *via_map_files)
+int proc_map_open(pid_t pid, const struct proc_map *m, bool *via_map_files)
 {
 	bool ignored;
 	if (via_map_files == NULL)
 		via_map_files = &ignored;
 	*via_map_files = true;
-	char name[INJ_PATH_MAX + 64];
+	char name[PROC_PATH_MAX + 64];
 	snprintf(name, sizeof name, "/proc/%d/map_files/%" PRIx64 "-%" PRIx64, (int)pid,
 		 m->start, m->end);
 	int fd = open(name, O_RDONLY | O_CLOEXEC);
@@ -162,7 +155,7 @@ int inj_map_open(pid_t pid, const struct inj_map *m, bool *via_map_files)
 
 /* ------------------------------------------------------------ status */
 
-bool inj_status_field(pid_t pid, pid_t tid, const char *key, char *out, size_t len)
+bool proc_status_field(pid_t pid, pid_t tid, const char *key, char *out, size_t len)
 {
 	char name[96];
 	if (tid > 0)
@@ -192,32 +185,32 @@ bool inj_status_field(pid_t pid, pid_t tid, const char *key, char *out, size_t l
 	return found;
 }
 
-bool inj_status_sigset(pid_t pid, pid_t tid, const char *key, uint64_t *set)
+bool proc_status_sigset(pid_t pid, pid_t tid, const char *key, uint64_t *set)
 {
 	char v[64];
-	if (!inj_status_field(pid, tid, key, v, sizeof v))
+	if (!proc_status_field(pid, tid, key, v, sizeof v))
 		return false;
 	char *end;
 	*set = strtoull(v, &end, 16);
 	return end != v;
 }
 
-bool inj_read_creds(pid_t pid, struct inj_creds *c)
+bool proc_read_creds(pid_t pid, struct proc_creds *c)
 {
 	char v[4096];
 	memset(c, 0, sizeof *c);
 	unsigned long a[4], b[4];
-	if (!inj_status_field(pid, 0, "Uid", v, sizeof v) ||
+	if (!proc_status_field(pid, 0, "Uid", v, sizeof v) ||
 	    sscanf(v, "%lu %lu %lu %lu", &a[0], &a[1], &a[2], &a[3]) != 4)
 		return false;
-	if (!inj_status_field(pid, 0, "Gid", v, sizeof v) ||
+	if (!proc_status_field(pid, 0, "Gid", v, sizeof v) ||
 	    sscanf(v, "%lu %lu %lu %lu", &b[0], &b[1], &b[2], &b[3]) != 4)
 		return false;
 	for (int i = 0; i < 4; i++) {
 		c->uid[i] = (uid_t)a[i];
 		c->gid[i] = (gid_t)b[i];
 	}
-	if (inj_status_field(pid, 0, "Groups", v, sizeof v)) {
+	if (proc_status_field(pid, 0, "Groups", v, sizeof v)) {
 		char *p = v, *end;
 		while (c->ngroups < (int)(sizeof c->groups / sizeof c->groups[0])) {
 			unsigned long g = strtoul(p, &end, 10);
@@ -227,14 +220,14 @@ bool inj_read_creds(pid_t pid, struct inj_creds *c)
 			p = end;
 		}
 	}
-	if (inj_status_field(pid, 0, "CapEff", v, sizeof v))
+	if (proc_status_field(pid, 0, "CapEff", v, sizeof v))
 		c->cap_eff = strtoull(v, NULL, 16);
 	return true;
 }
 
 /* ------------------------------------------------------------ threads */
 
-int inj_threads_read(pid_t pid, struct inj_thread *out, int max)
+int proc_threads_read(pid_t pid, struct proc_thread *out, int max)
 {
 	char name[64];
 	snprintf(name, sizeof name, "/proc/%d/task", (int)pid);
@@ -246,7 +239,7 @@ int inj_threads_read(pid_t pid, struct inj_thread *out, int max)
 	while ((e = readdir(d)) != NULL && n < max) {
 		if (!isdigit((unsigned char)e->d_name[0]))
 			continue;
-		struct inj_thread *t = &out[n];
+		struct proc_thread *t = &out[n];
 		t->tid = (pid_t)atoi(e->d_name);
 		t->comm[0] = '\0';
 		t->state = '?';
@@ -276,7 +269,7 @@ int inj_threads_read(pid_t pid, struct inj_thread *out, int max)
 	return n;
 }
 
-void inj_comm(pid_t pid, char *out, size_t len)
+void proc_comm(pid_t pid, char *out, size_t len)
 {
 	char name[64];
 	snprintf(name, sizeof name, "/proc/%d/comm", (int)pid);
@@ -289,7 +282,7 @@ void inj_comm(pid_t pid, char *out, size_t len)
 	fclose(f);
 }
 
-char *inj_proc_nul_list(pid_t pid, const char *what, size_t *len)
+char *proc_nul_list(pid_t pid, const char *what, size_t *len)
 {
 	char name[64];
 	snprintf(name, sizeof name, "/proc/%d/%s", (int)pid, what);
@@ -317,10 +310,10 @@ char *inj_proc_nul_list(pid_t pid, const char *what, size_t *len)
 	return buf;
 }
 
-bool inj_environ_get(pid_t pid, const char *key, char *out, size_t len)
+bool proc_environ_get(pid_t pid, const char *key, char *out, size_t len)
 {
 	size_t used = 0;
-	char *buf = inj_proc_nul_list(pid, "environ", &used);
+	char *buf = proc_nul_list(pid, "environ", &used);
 	if (buf == NULL)
 		return false;
 	bool found = false;
@@ -338,7 +331,7 @@ bool inj_environ_get(pid_t pid, const char *key, char *out, size_t len)
 
 /* ------------------------------------------------------------ memory */
 
-int inj_mem_read(int memfd, uint64_t addr, void *buf, size_t len)
+int proc_mem_read(int memfd, uint64_t addr, void *buf, size_t len)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -352,7 +345,7 @@ int inj_mem_read(int memfd, uint64_t addr, void *buf, size_t len)
 	return 0;
 }
 
-int inj_mem_write(int memfd, uint64_t addr, const void *buf, size_t len)
+int proc_mem_write(int memfd, uint64_t addr, const void *buf, size_t len)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -367,7 +360,7 @@ int inj_mem_write(int memfd, uint64_t addr, const void *buf, size_t len)
 	return 0;
 }
 
-int inj_mem_read_string(int memfd, uint64_t addr, char *buf, size_t len)
+int proc_mem_read_string(int memfd, uint64_t addr, char *buf, size_t len)
 {
 	if (len == 0)
 		return -EINVAL;
