@@ -1,6 +1,6 @@
 # rekeyguard — build, test, demo.  See README.md.
 #
-#   make            build librekeyguard.so
+#   make            build librekeyguard.so, rekeyguard-status (and rekeyguard-inject on x86-64)
 #   make demo       build, then show the race plain and with the shim
 #   make check      the Check test suite (installs Debian packages as root)
 #   make bench      benchmark (~12 min): bench/results/latest.{md,csv,png}
@@ -43,7 +43,7 @@ HARNESS     = tests/harness.c tests/harness.h
 TARGET_ARCH_TRIPLE := $(shell $(CC) -dumpmachine 2>/dev/null)
 INJECTOR := $(if $(findstring x86_64,$(TARGET_ARCH_TRIPLE)),rekeyguard-inject)
 
-all: $(LIB) $(INJECTOR)
+all: $(LIB) $(INJECTOR) rekeyguard-status
 
 include tests/hardening.mk
 
@@ -58,17 +58,34 @@ endef
 $(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
 	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
 
-# The library cross-built for aarch64 (Debian's gcc-aarch64-linux-gnu): proves
-# it builds off x86-64 (the shim needs only GnuTLS's headers; it does not
-# link against GnuTLS). Output in build/aarch64/.
+# rekeyguard-status reads /proc and the mapped library's ELF symbols only:
+# no GnuTLS, nothing x86-specific (it shares tools/proc.c and
+# tools/elf-object.c with rekeyguard-inject, not inject-borrow.c).
+# _FILE_OFFSET_BITS=64: on 32-bit systems, pread offsets in /proc/PID/mem
+# above 2 GiB.
+STATUS_SRCS = tools/rekeyguard-status.c tools/proc.c tools/elf-object.c
+STATUS_HDRS = tools/proc.h tools/elf-object.h include/rekeyguard.h
+define link_status
+	$(1) $(CFLAGS) $(TOOLS_WARN) -D_FILE_OFFSET_BITS=64 -Iinclude -o $(2) $(STATUS_SRCS)
+endef
+
+rekeyguard-status: $(STATUS_SRCS) $(STATUS_HDRS)
+	$(call link_status,$(CC),$@)
+
+# The library and rekeyguard-status cross-built for aarch64 (Debian's
+# gcc-aarch64-linux-gnu): proves they build off x86-64 (the shim needs only
+# GnuTLS's headers; it does not link against GnuTLS). Output in build/aarch64/.
 CROSS_CC ?= aarch64-linux-gnu-gcc
 .PHONY: cross-aarch64
 cross-aarch64:
 	@tests/ensure-deps.sh gcc-aarch64-linux-gnu libgnutls28-dev
 	@mkdir -p build/aarch64
 	$(call link_shim,$(CROSS_CC),$(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS),build/aarch64/$(LIB))
+	$(call link_status,$(CROSS_CC),build/aarch64/rekeyguard-status)
 	@readelf -h build/aarch64/$(LIB) | grep -q 'Machine: *AArch64' && \
 	    echo "cross-aarch64: build/aarch64/$(LIB) is an AArch64 shared object"
+	@readelf -h build/aarch64/rekeyguard-status | grep -q 'Machine: *AArch64' && \
+	    echo "cross-aarch64: build/aarch64/rekeyguard-status is an AArch64 program"
 
 deps-build:
 	@tests/ensure-deps.sh $(DEPS_BUILD)
@@ -97,12 +114,12 @@ demo: deps-build
 # The scenarios, differential and configuration tests, then the hardening
 # suite at CI size (fork, churn, link modes, allocation failure, bad input).
 check: deps-check
-	@$(MAKE) -s --no-print-directory $(LIB) tests hardening-build
+	@$(MAKE) -s --no-print-directory $(LIB) rekeyguard-status tests hardening-build
 	cd tests && ./check_rekeyguard
 	cd tests && ./check_hardening quick
 	@$(MAKE) -s --no-print-directory inject-check
 
-install: $(LIB) $(INJECTOR)
+install: $(LIB) $(INJECTOR) rekeyguard-status
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
 	sed 's|@LIBDIR@|$(LIBDIR)|' run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
@@ -115,7 +132,7 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-inject
 
 clean: hardening-clean
-	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject tools/rg-inject-target
+	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject rekeyguard-status tools/rg-inject-target
 	rm -rf build
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
