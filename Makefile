@@ -13,7 +13,10 @@ WARN      = -Wall -Wextra -Werror
 # The tools (rekeyguard-inject, rekeyguard-status): every non-static
 # function is declared in a header (tools/proc.h, tools/elf-object.h, ...).
 TOOLS_WARN = $(WARN) -Wmissing-prototypes
-SHIM_CFLAGS = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread
+# The library: -fvisibility=hidden with exports.map, so only GnuTLS's names
+# and rekeyguard_* leave it; -Wmissing-prototypes: every function another
+# file uses is declared in that file's header.
+SHIM_CFLAGS = $(CFLAGS) $(WARN) -Wmissing-prototypes -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread
 GNUTLS_CFLAGS := $(shell pkg-config --cflags gnutls 2>/dev/null)
 GNUTLS_LIBS   := $(shell pkg-config --libs gnutls 2>/dev/null || echo -lgnutls)
 CHECK_LIBS    := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
@@ -23,9 +26,13 @@ MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -
 LIBDIR  ?= $(PREFIX)/lib/$(MULTIARCH)
 BINDIR  ?= $(PREFIX)/bin
 
-SHIM_SRCS = shim/interpose.c shim/registry.c shim/transport.c shim/config.c shim/provoke.c shim/keyupdate.c \
-            shim/inject.c
-SHIM_HDRS = shim/rekeyguard.h
+# The library's files, one concern each (HACKING.md has the map). Late
+# loading exists on x86-64 only; elsewhere a stub refuses activation.
+SHIM_COMMON_SRCS = $(addprefix shim/,config.c binding.c locks.c registry.c status.c buffers.c \
+            app-transport.c outbound.c inbound.c callbacks.c keyupdate.c provoke.c guard.c \
+            wrappers.c wrappers-short.c)
+SHIM_HDRS = $(wildcard shim/*.h) shim/symbols.def include/rekeyguard.h
+shim_srcs = $(SHIM_COMMON_SRCS) $(if $(findstring x86_64,$(1)),shim/late-load-x86_64.c,shim/late-load-stub.c)
 LIB       = librekeyguard.so
 
 # Packages the build and the tests need (Debian 12 names).
@@ -49,13 +56,19 @@ include tests/hardening.mk
 
 # The one link recipe of every library variant (this one, the ASan one in
 # tests/hardening.mk, the cross build): $(call link_shim,CC,FLAGS,OUTPUT).
+#   --version-script  only GnuTLS's names and rekeyguard_* are exported
+#   -z now, -z relro  no lazy binding: the GOT is read-only after start-up
+#   -z nodelete       never unloaded (late loading patches GOTs to point here)
+#   -Bsymbolic-functions  the library's own calls to its exported wrappers
+#                     stay inside it (never rebound to GnuTLS)
+#   -ldl -pthread     dlsym/dladdr; not linked against GnuTLS (bound at run time)
 define link_shim
 	$(1) $(2) -shared -Wl,--version-script=shim/exports.map \
-	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -Wl,-Bsymbolic-functions -o $(3) $(SHIM_SRCS) \
-	    -ldl -pthread
+	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -Wl,-Bsymbolic-functions -o $(3) \
+	    $(call shim_srcs,$(shell $(1) -dumpmachine)) -ldl -pthread
 endef
 
-$(LIB): $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
+$(LIB): $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM_HDRS) shim/exports.map
 	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
 
 # rekeyguard-status reads /proc and the mapped library's ELF symbols only:
@@ -80,7 +93,7 @@ CROSS_CC ?= aarch64-linux-gnu-gcc
 cross-aarch64:
 	@tests/ensure-deps.sh gcc-aarch64-linux-gnu libgnutls28-dev
 	@mkdir -p build/aarch64
-	$(call link_shim,$(CROSS_CC),$(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS),build/aarch64/$(LIB))
+	$(call link_shim,$(CROSS_CC),$(SHIM_CFLAGS) $(GNUTLS_CFLAGS),build/aarch64/$(LIB))
 	$(call link_status,$(CROSS_CC),build/aarch64/rekeyguard-status)
 	@readelf -h build/aarch64/$(LIB) | grep -q 'Machine: *AArch64' && \
 	    echo "cross-aarch64: build/aarch64/$(LIB) is an AArch64 shared object"
@@ -122,7 +135,9 @@ check: deps-check
 install: $(LIB) $(INJECTOR) rekeyguard-status
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
-	sed 's|@LIBDIR@|$(LIBDIR)|' run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+	sed -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e "s|@GNUTLS_REWORKED@|$$(sed -n 's/^#define REKEYGUARD_GNUTLS_REWORKED \"\(.*\)\"$$/\1/p' include/rekeyguard.h)|" \
+	    run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	chmod 0755 $(DESTDIR)$(BINDIR)/run-qemu-with-shim
 	install -m 0755 rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-status
 	$(if $(INJECTOR),install -m 0755 rekeyguard-inject $(DESTDIR)$(BINDIR)/rekeyguard-inject)

@@ -29,8 +29,16 @@
 RG_LIBDIR=@LIBDIR@
 RG_LIBNAME=librekeyguard.so
 RG_CONF_DEFAULT=/etc/rekeyguard/qemu.conf
-RG_FIXED_GNUTLS=3.8.11    # first GnuTLS release with the key-update rework (auto: keyupdate mode)
+# The first GnuTLS release with the key-update rework (auto: keyupdate
+# mode): REKEYGUARD_GNUTLS_REWORKED in include/rekeyguard.h, substituted by
+# `make install`; in the source tree read from the header beside the script.
+RG_FIXED_GNUTLS=@GNUTLS_REWORKED@
 case $RG_LIBDIR in *@*) RG_LIBDIR= ;; esac   # not installed: no prefix
+case $RG_FIXED_GNUTLS in *@*)
+	RG_FIXED_GNUTLS=$(sed -n 's/^#define REKEYGUARD_GNUTLS_REWORKED "\(.*\)"$/\1/p' \
+		"$(dirname -- "$0")/include/rekeyguard.h" 2>/dev/null)
+	RG_FIXED_GNUTLS=${RG_FIXED_GNUTLS:-unknown} ;;
+esac
 
 rg_prog=${0##*/}
 

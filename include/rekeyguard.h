@@ -15,6 +15,13 @@
 
 #define REKEYGUARD_VERSION "0.1.0"
 
+/* The first GnuTLS release whose key-update rework makes sending and
+ * receiving on one session from two threads safe (merge request 1990);
+ * only the key changes of the two directions still race there.
+ * REKEYGUARD_MODE=auto guards every call below it and serialises only the
+ * key changes from it on; rekeyguard-status reports the same rule. */
+#define REKEYGUARD_GNUTLS_REWORKED "3.8.11"
+
 /* "0.1.0". */
 const char *rekeyguard_version(void);
 /* Sessions guarded since the library was loaded. */

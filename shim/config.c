@@ -9,7 +9,7 @@
  * value used. Log lines are formatted on the stack and written with one
  * write(2); errno is preserved across logging.
  */
-#include "rekeyguard.h"
+#include "config.h"
 
 #include <errno.h>
 #include <pthread.h>

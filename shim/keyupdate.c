@@ -1,12 +1,10 @@
 /*
  * keyupdate.c — REKEYGUARD_MODE=keyupdate: serialise only the key changes.
  *
- * GnuTLS 3.8.11 and later make concurrent gnutls_record_send and
+ * GnuTLS 3.8.11 and later (REKEYGUARD_GNUTLS_REWORKED) make concurrent gnutls_record_send and
  * gnutls_record_recv safe, except for the key changes themselves: both
  * directions bump the shared epoch counter, set up the next epoch and
- * update the traffic secret without a lock (GnuTLS 3.8.13
- * lib/tls13/key_update.c gnutls_session_key_update and
- * _gnutls13_recv_key_update; lib/constate.h _gnutls_epoch_bump). This mode
+ * update the traffic secret without a lock (gnutls-mirror.h M13). This mode
  * makes those two critical sections mutually exclusive and leaves every
  * other call to GnuTLS alone.
  *
@@ -30,15 +28,27 @@
  * Every wrapped call drops a lock its thread still holds when it returns
  * (GnuTLS skips the POST hook when the KeyUpdate fails).
  */
-#include "rekeyguard.h"
+#include "keyupdate.h"
 
-__thread struct rg_keyupdate_thread rg_ku_thread __attribute__((tls_model("initial-exec")));
+#include "binding.h"
+#include "locks.h"
+#include "registry.h"
+#include "status.h"
+
+RG_THREAD_LOCAL struct rg_keyupdate_thread rg_ku_thread;
+
+struct rg_session *rg_keyupdate_entry(gnutls_session_t session)
+{
+	gnutls_transport_ptr_t recv_ptr, send_ptr;
+	rg_real.gnutls_transport_get_ptr2.fn(session, &recv_ptr, &send_ptr);
+	return send_ptr;
+}
 
 static void rg_ku_take(struct rg_session *s)
 {
 	if (rg_ku_thread.held == s)
 		return;
-	rg_session_lock(s, __func__);
+	rg_session_lock(s);
 	rg_ku_thread.held = s;
 }
 
@@ -48,7 +58,7 @@ void rg_keyupdate_drop(void)
 	if (s == NULL)
 		return;
 	rg_ku_thread.held = NULL;
-	rg_session_unlock(s, __func__);
+	rg_session_unlock(s);
 }
 
 void rg_keyupdate_take_after_push(struct rg_session *s)
@@ -56,7 +66,7 @@ void rg_keyupdate_take_after_push(struct rg_session *s)
 	rg_ku_take(s);
 }
 
-ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call)
+static ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call)
 {
 	struct rg_session *outer = rg_ku_thread.sending;
 	rg_ku_thread.sending = s;
@@ -68,7 +78,7 @@ ssize_t rg_keyupdate_run(struct rg_session *s, struct rg_call *call)
 	return ret;
 }
 
-ssize_t rg_keyupdate_run_locked(struct rg_session *s, struct rg_call *call)
+static ssize_t rg_keyupdate_run_locked(struct rg_session *s, struct rg_call *call)
 {
 	rg_ku_take(s);
 	ssize_t ret = call->invoke(call);
@@ -79,9 +89,8 @@ ssize_t rg_keyupdate_run_locked(struct rg_session *s, struct rg_call *call)
 /* The hook the shim installs: GNUTLS_HANDSHAKE_ANY, GNUTLS_HOOK_BOTH. The
  * application's hook (recorded by the interposed
  * gnutls_handshake_set_hook_function) is called exactly when GnuTLS would
- * have called it (GnuTLS 3.7.9/3.8.13 lib/handshake.c
- * _gnutls_call_hook_func: type matches or ANY, when matches or BOTH), and
- * always outside the key-update lock. */
+ * have called it (gnutls-mirror.h M12), and always outside the key-update
+ * lock. */
 static int rg_keyupdate_app_hook(struct rg_session *s, gnutls_session_t session,
 				 unsigned htype, unsigned when, unsigned incoming,
 				 const gnutls_datum_t *msg)
@@ -101,7 +110,7 @@ int rg_keyupdate_hook(gnutls_session_t session, unsigned htype, unsigned when,
 	/* Installed only on tracked sessions, whose send pointer in GnuTLS is
 	 * their entry; GnuTLS calls it inside a call on the session, so the
 	 * entry outlives it. */
-	struct rg_session *s = rg_transport_keyupdate_entry(session);
+	struct rg_session *s = rg_keyupdate_entry(session);
 	if (htype != GNUTLS_HANDSHAKE_KEY_UPDATE || !incoming) {
 		if (htype == GNUTLS_HANDSHAKE_FINISHED && when == GNUTLS_HOOK_POST)
 			rg_notice_protected(session);
@@ -120,5 +129,30 @@ int rg_keyupdate_hook(gnutls_session_t session, unsigned htype, unsigned when,
 			rg_registry_unref_locked(found);
 		}
 	}
+	return ret;
+}
+
+/* keyupdate mode: every call goes straight to GnuTLS; key changes take the
+ * session's lock as keyupdate.c describes. */
+ssize_t rg_keyupdate_dispatch(struct rg_call *call)
+{
+	ssize_t ret;
+	if (call->family != RG_FAMILY_KEY_UPDATE && call->family != RG_FAMILY_RECV_KEY) {
+		ret = call->invoke(call);
+		rg_keyupdate_call_end();
+		return ret;
+	}
+	struct rg_session *s = rg_registry_lookup_ref(call->session);
+	if (s == NULL) {
+		rg_status_note_unguarded(call->session);
+		return call->invoke(call);
+	}
+	if (call->family == RG_FAMILY_KEY_UPDATE)
+		ret = rg_keyupdate_run(s, call);
+	else
+		ret = rg_keyupdate_run_locked(s, call);
+	rg_session_lock(s);
+	rg_registry_unref_locked(s);
+	rg_session_unlock(s);
 	return ret;
 }

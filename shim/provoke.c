@@ -12,11 +12,16 @@
  * functions); records are counted per thread and session; at most
  * RG_PROVOKE_PER_SECOND key updates per session per second, however many
  * threads send on it (GnuTLS receivers reject more than 8 per second);
- * only TLS 1.3 sessions; the key update goes through the shim's own
- * guard, so a guarded session takes its lock as for any other call.
+ * only TLS 1.3 sessions; the key update goes through the dispatch the
+ * send uses (the guard, or keyupdate mode's), so a guarded session takes
+ * its lock as for any other call.
  * Validation only, never for production.
  */
-#include "rekeyguard.h"
+#include "provoke.h"
+
+#include "binding.h"
+#include "common.h"
+#include "config.h"
 
 #define RG_PROVOKE_PER_SECOND 4
 #define RG_PROVOKE_SLOTS 8   /* sessions one thread sends on, tracked at once */
@@ -67,14 +72,37 @@ static bool rg_provoke_claim(gnutls_session_t session, uint64_t now)
 }
 
 /* The key update goes out right before the send that follows the
- * threshold, as GnuTLS's own rekey does (record.c RECORD_SEND_KEY_UPDATE_1:
+ * threshold, as GnuTLS's own rekey does (gnutls-mirror.h M15,
  * the KeyUpdate, then the record that triggered it), never as the last
  * record of a burst: a receiver's gnutls_record_recv returns
  * GNUTLS_E_AGAIN after processing a KeyUpdate, and a peer that then waits
  * for readability only (libnbd 1.14 REPLY.START, reached from a paused
  * write) would wait forever for a record that never comes. Never between
  * a send that returned AGAIN/INTERRUPTED and its retry. */
-static void rg_provoke_before_send(gnutls_session_t session)
+/* A key update, run as the wrapped gnutls_session_key_update would be. */
+struct rg_provoke_key_update {
+	struct rg_call call;
+	unsigned flags;
+};
+
+static ssize_t rg_provoke_invoke_key_update(struct rg_call *call)
+{
+	struct rg_provoke_key_update *ku = (struct rg_provoke_key_update *)call;
+	if (rg_real.gnutls_session_key_update.fn == NULL)
+		return GNUTLS_E_UNIMPLEMENTED_FEATURE;
+	return rg_real.gnutls_session_key_update.fn(call->session, ku->flags);
+}
+
+static int rg_provoke_key_update(gnutls_session_t session, unsigned flags,
+				 ssize_t (*dispatch)(struct rg_call *))
+{
+	struct rg_provoke_key_update ku = {
+		{ RG_FAMILY_KEY_UPDATE, session, rg_provoke_invoke_key_update }, flags
+	};
+	return (int)dispatch(&ku.call);
+}
+
+static void rg_provoke_before_send(gnutls_session_t session, ssize_t (*dispatch)(struct rg_call *))
 {
 	const struct rg_config *config = rg_config_get();
 	struct rg_provoke_slot *slot = rg_provoke_slot_of(session);
@@ -84,7 +112,7 @@ static void rg_provoke_before_send(gnutls_session_t session)
 	if (slot->ku_owed) {
 		/* A non-blocking transport took only part of it: finish that
 		 * key update (its retry), as an application would. */
-		int ret = rg_guarded_key_update(session, flags);
+		int ret = rg_provoke_key_update(session, flags, dispatch);
 		slot->ku_owed = ret == GNUTLS_E_AGAIN || ret == GNUTLS_E_INTERRUPTED;
 		return;
 	}
@@ -95,7 +123,7 @@ static void rg_provoke_before_send(gnutls_session_t session)
 	if (!rg_provoke_claim(session, rg_monotonic_ns()))
 		return;
 	slot->records = 0;
-	int ret = rg_guarded_key_update(session, flags);
+	int ret = rg_provoke_key_update(session, flags, dispatch);
 	slot->ku_owed = ret == GNUTLS_E_AGAIN || ret == GNUTLS_E_INTERRUPTED;
 	rg_log(RG_LOG_DEBUG, "provoked key update%s: %d",
 	       config->provoke_peer ? " (requesting the peer's)" : "", ret);
@@ -112,7 +140,7 @@ static void rg_provoke_after_send(gnutls_session_t session, ssize_t sent)
 ssize_t rg_provoke_send(struct rg_call *call, ssize_t (*dispatch)(struct rg_call *))
 {
 	if (rg_provoke_depth == 0)
-		rg_provoke_before_send(call->session);
+		rg_provoke_before_send(call->session, dispatch);
 	rg_provoke_depth++;
 	ssize_t ret = dispatch(call);
 	rg_provoke_depth--;

@@ -134,9 +134,33 @@ static void describe_cmd(struct run *r, const char *const *argv, const char *pre
 					a == argv ? "" : " ", *a);
 }
 
+/* RG_TEST_WRAPPER="strace -f -o /tmp/t" (or "valgrind --tool=drd", "gdb
+ * -batch -ex run -ex bt --args", ...): every test program runs under that
+ * command, split at spaces. Returns argv unchanged when unset. */
+static const char *const *wrap_argv(const char *const *argv, const char **storage,
+				    size_t room, char *words, size_t words_room)
+{
+	const char *w = getenv("RG_TEST_WRAPPER");
+	if (w == NULL || *w == '\0' || strlen(w) >= words_room)
+		return argv;
+	strcpy(words, w);
+	size_t n = 0;
+	for (char *save = NULL, *tok = strtok_r(words, " ", &save); tok != NULL && n + 1 < room;
+	     tok = strtok_r(NULL, " ", &save))
+		storage[n++] = tok;
+	for (const char *const *a = argv; *a != NULL && n + 1 < room; a++)
+		storage[n++] = *a;
+	storage[n] = NULL;
+	return storage;
+}
+
 void run_prog(struct run *r, const char *const *argv, const char *preload,
 	      const char *const *extra, double deadline)
 {
+	const char *wrapped[128];
+	char wrapper_words[512];
+	argv = wrap_argv(argv, wrapped, sizeof wrapped / sizeof wrapped[0], wrapper_words,
+			 sizeof wrapper_words);
 	int po[2], pe[2], status = 0;
 	size_t cap_out = 0, cap_err = 0;
 	char **env = child_env(preload, extra);

@@ -1,5 +1,6 @@
 /*
- * check_hardening.c — the Check suites for issue 5 (items 1, 2, 3, 4, 6).
+ * check_hardening.c — the Check suites of the robustness tests
+ * (fork, churn, sanitizers, link modes, allocation failure, bad input).
  *
  *   cd tests && ./check_hardening [quick|full|asan|valgrind]
  *

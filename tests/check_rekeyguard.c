@@ -1,5 +1,5 @@
 /*
- * check_rekeyguard.c — the Check suite behind `make check` (issue 2, Tests).
+ * check_rekeyguard.c — the Check suite behind `make check`.
  *
  * Owns: running the test programs as child processes, each scenario once
  * without and once with LD_PRELOAD=librekeyguard.so, exactly as users load
@@ -80,7 +80,8 @@ static void assert_shim_seen(const struct prog *s)
 		      s->r.cmd, v[0] ? v : "(missing)", s->result);
 }
 
-/* GnuTLS older than 3.8.11 has the race (background.md). */
+/* GnuTLS older than 3.8.11 has the race (GnuTLS issue 1717; from 3.8.11
+ * on only the key changes race). */
 static int gnutls_is_affected(const char *result)
 {
 	char v[64];

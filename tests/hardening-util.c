@@ -1,5 +1,5 @@
 /*
- * hardening-util.c — helpers shared by the issue 5 test programs (see
+ * hardening-util.c — helpers shared by the robustness test programs (see
  * hardening-util.h).
  *
  * Invariants: the shim is only ever reached through dlsym(RTLD_DEFAULT);

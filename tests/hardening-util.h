@@ -1,5 +1,5 @@
 /*
- * hardening-util.h — helpers shared by the issue 5 test programs
+ * hardening-util.h — helpers shared by the robustness test programs
  * (rg-hardening, rg-linkcheck and its library librg-xyz.so).
  *
  * Owns: the RESULT line, access to the shim's exported API without

@@ -1,7 +1,8 @@
-# tests/hardening.mk — issue 5 robustness tests (items 1, 2, 3, 4, 6).
+# tests/hardening.mk — robustness tests: fork, churn, sanitizers,
+# link modes, allocation failure and bad input.
 # Included by the top Makefile (`include tests/hardening.mk`, after its
 # `all` rule), which defines CC, CFLAGS, WARN, TEST_CFLAGS, SHIM_CFLAGS,
-# GNUTLS_LIBS, CHECK_LIBS, LIB, SHIM_SRCS, SHIM_HDRS and deps-check.
+# GNUTLS_LIBS, CHECK_LIBS, LIB, SHIM_COMMON_SRCS, SHIM_HDRS and deps-check.
 #
 #   make check-hardening       fork, exec, churn, reuse, concurrent sessions,
 #                              bad configuration, allocation failure, link
@@ -55,7 +56,7 @@ tests/rg-failmalloc.so: tests/rg-failmalloc.c
 tests/check_hardening: tests/check_hardening.c tests/check-runner.c tests/check-runner.h
 	$(CC) $(HARDENING_CFLAGS) -o $@ tests/check_hardening.c tests/check-runner.c $(CHECK_LIBS)
 
-# ---- link modes (item 4): the same GnuTLS code, linked every way ----------
+# ---- link modes: the same GnuTLS code, linked every way ----------
 
 LM_SRCS = tests/rg-linkcheck.c tests/rg-xyz.c tests/hardening-util.c tests/harness.c
 LM_DEPS = $(LM_SRCS) tests/rg-xyz.h tests/hardening-util.h tests/harness.h
@@ -104,11 +105,11 @@ $(HARDENING_LM)/rg-linkcheck-dl: tests/rg-linkcheck.c tests/rg-xyz.h
 	@mkdir -p $(HARDENING_LM)
 	$(CC) $(HARDENING_CFLAGS) -DRG_LINKCHECK_DLOPEN_ONLY -o $@ tests/rg-linkcheck.c -ldl
 
-# ---- sanitizers (item 3) ----------------------------------------------------
+# ---- sanitizers ------------------------------------------------------------
 # The preloaded ASan library needs the ASan runtime first in LD_PRELOAD;
 # check_hardening's asan suite sets LD_PRELOAD="$(ASAN_RUNTIME) librekeyguard-asan.so".
 
-librekeyguard-asan.so: $(SHIM_SRCS) $(SHIM_HDRS) shim/exports.map
+librekeyguard-asan.so: $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM_HDRS) shim/exports.map
 	$(call link_shim,$(CC),$(SHIM_CFLAGS) $(ASAN_FLAGS) -DREKEYGUARD_DEBUG,$@)
 
 tests/asan/rg-scenario: tests/rg-scenario.c tests/harness.c tests/harness.h

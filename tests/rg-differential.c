@@ -1,5 +1,5 @@
 /*
- * rg-differential.c — issue 2 test (e): what a single-threaded program sees
+ * rg-differential.c — scenario (e): what a single-threaded program sees
  * from GnuTLS must not change when librekeyguard.so is preloaded.
  *
  *   rg-differential [--strict-callbacks] [CASE...]   run the cases (all

@@ -1,5 +1,6 @@
 /*
- * rg-hardening.c — issue 5 robustness tests (items 1, 2 and 6).
+ * rg-hardening.c — robustness tests: fork, exec, churn, address
+ * reuse, concurrency, probing and allocation failure.
  *
  *   fork        fork while other threads are inside guarded calls: one
  *               blocked in a receive (outside the session lock under the
@@ -124,7 +125,7 @@ static double median(double *v, int n)
 	return n ? v[n / 2] : 0;
 }
 
-/* ======================================================= fork (item 1) */
+/* ======================================================= fork */
 
 /*
  * Pairs the parent keeps busy while it forks:
@@ -514,7 +515,7 @@ static int run_fork(int forks)
 	return failed_children == 0 ? 0 : 1;
 }
 
-/* ================================================== fork-cost (item 1) */
+/* ================================================== fork-cost */
 
 static int run_fork_cost(const char *counts, int forks)
 {
@@ -570,7 +571,7 @@ static int run_fork_cost(const char *counts, int forks)
 	return 0;
 }
 
-/* ======================================================= exec (item 1) */
+/* ======================================================= exec */
 
 static int spawn_and_wait(const char *what, char *const argv[], char *const envp[],
 			  int expect_code, char *fail, size_t fail_len)
@@ -725,7 +726,7 @@ static int run_helper(int expect_plain, int quiet)
 	return ok ? 0 : 1;
 }
 
-/* ====================================================== churn (item 2) */
+/* ====================================================== churn */
 
 #define RING 64
 static _Atomic(uintptr_t) freed_ring[RING];	/* addresses other threads freed */
@@ -935,7 +936,7 @@ static int run_churn(unsigned long cycles, int nthreads, size_t max_growth)
 	return ok ? 0 : 1;
 }
 
-/* ====================================================== reuse (item 2) */
+/* ====================================================== reuse */
 
 /* gnutls_deinit reached through libgnutls's own handle: the shim never
  * sees it, so its entry goes stale, and gnutls_init may hand the address
@@ -1008,7 +1009,7 @@ static int run_reuse(unsigned long cycles)
 	return ok ? 0 : 1;
 }
 
-/* ================================================= concurrent (item 2) */
+/* ================================================= concurrent */
 
 /* One direction of an in-memory connection: bytes pushed and not yet
  * pulled; the buffer is freed whenever it drains. Non-blocking: an empty
@@ -1226,7 +1227,7 @@ static int run_concurrent(size_t sessions, int nthreads, size_t record)
 	return 0;
 }
 
-/* ====================================================== probe (item 6) */
+/* ====================================================== probe */
 
 static int run_probe(const char *var, size_t size, int fill, const char *prefix,
 		     const char *suffix, double seconds)
@@ -1268,7 +1269,7 @@ static int run_probe(const char *var, size_t size, int fill, const char *prefix,
 	return 0;
 }
 
-/* ======================================================== oom (item 6) */
+/* ======================================================== oom */
 
 union fm_arm { void *sym; void (*fn)(const char *, long, long); };
 union fm_count { void *sym; long (*fn)(void); };

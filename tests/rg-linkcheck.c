@@ -1,5 +1,5 @@
 /*
- * rg-linkcheck.c — issue 5 item 4: does interposition hold whatever the
+ * rg-linkcheck.c — does interposition hold whatever the
  * link mode?
  *
  *   rg-linkcheck call [--seconds S] [--no-keyupdates] [--expect E]

@@ -1,5 +1,5 @@
 /*
- * rg-scenario.c — the concurrency scenarios of issue 2, tests (a) to (d).
+ * rg-scenario.c — the concurrency scenarios (a) to (d).
  *
  *   duplex      (a) full duplex, blocking socketpair, forced KeyUpdates
  *   autorekey   (b) the real automatic rekey after 2^24 records
@@ -81,7 +81,7 @@ static void usage(FILE *out)
 	fprintf(out,
 "usage: rg-scenario SCENARIO [options]\n"
 "\n"
-"Scenarios (issue 2, tests a-d):\n"
+"Scenarios (a-d):\n"
 "  duplex      full duplex over a blocking socketpair, a sender and a receiver\n"
 "              thread per endpoint, forced KeyUpdates (client: flags 0 and\n"
 "              GNUTLS_KU_PEER alternately every 300 ms from 50 ms; server:\n"

@@ -1,5 +1,5 @@
 /*
- * rg-xyz.c — the GnuTLS-using code of the link-mode test (issue 5 item 4).
+ * rg-xyz.c — the GnuTLS-using code of the link-mode test.
  *
  * Built twice: into rg-linkcheck itself (the program calls GnuTLS
  * directly, with the link flags under test), and as librg-xyz*.so, a

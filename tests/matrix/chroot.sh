@@ -1,6 +1,6 @@
 #!/bin/sh
-# tests/matrix/chroot.sh — Debian chroots for the GnuTLS version matrix
-# (issue 5 item 5).  Packages come only from Debian's archive.
+# tests/matrix/chroot.sh — Debian chroots for the GnuTLS version matrix.
+# Packages come only from Debian's archive.
 #
 #   chroot.sh create SUITE     debootstrap SUITE (once; reused afterwards)
 #   chroot.sh run SUITE CMD..  run CMD inside SUITE's chroot, in a private

@@ -1,4 +1,4 @@
-# tests/matrix/matrix.mk — GnuTLS version matrix (issue 5 item 5).
+# tests/matrix/matrix.mk — GnuTLS version matrix.
 # Included from the top Makefile:   include tests/matrix/matrix.mk
 #
 #   make matrix          host (Debian 12, GnuTLS 3.7.9) + Debian 13 (trixie,

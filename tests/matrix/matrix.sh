@@ -1,5 +1,5 @@
 #!/bin/bash
-# tests/matrix/matrix.sh — GnuTLS version matrix (issue 5 item 5).
+# tests/matrix/matrix.sh — GnuTLS version matrix.
 #
 #   matrix.sh [--quick] [--runs N] [--guard-runs N] [TARGET...]
 #

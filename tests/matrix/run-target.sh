@@ -1,6 +1,6 @@
 #!/bin/bash
 # tests/matrix/run-target.sh — one column of the GnuTLS version matrix
-# (issue 5 item 5).  Runs INSIDE the target system (the host, or a Debian
+# Runs INSIDE the target system (the host, or a Debian
 # chroot made by chroot.sh), in a copy of the sources, against that system's
 # GnuTLS.  Called by matrix.sh; usable by hand:
 #

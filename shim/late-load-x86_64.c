@@ -1,5 +1,6 @@
 /*
- * inject.c — late loading into a running process (rekeyguard-inject).
+ * late-load-x86_64.c — late loading into a running process
+ * (rekeyguard-inject), x86-64; late-load-stub.c elsewhere.
  *
  * Owns: rekeyguard_inject_activate(), which rekeyguard-inject calls right
  * after it dlopen()ed the library into a process that was started without
@@ -17,7 +18,11 @@
  * to GnuTLS and never touch them. libgnutls's calls to its own functions
  * keep going straight to GnuTLS, which the nested-call rule does anyway.
  */
-#include "rekeyguard.h"
+#if !defined(__x86_64__)
+#error "late loading is implemented for x86-64; the Makefile builds late-load-stub.c elsewhere"
+#endif
+
+#include "late-load.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -25,6 +30,11 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include "binding.h"
+#include "config.h"
+#include "locks.h"
+#include "status.h"
 
 #define RG_INJECT_MAX_NAMES 64
 
@@ -41,43 +51,12 @@ struct rg_inject_state {
 	unsigned objects;
 };
 
-/* Late loading is implemented for x86-64, the only architecture
- * rekeyguard-inject supports: elsewhere the library builds and preloads as
- * usual, and activation refuses. */
-#if defined(__x86_64__)
-#define RG_INJECT_SUPPORTED 1
 #define RG_R_JUMP_SLOT R_X86_64_JUMP_SLOT
 #define RG_R_GLOB_DAT R_X86_64_GLOB_DAT
-#else
-#define RG_INJECT_SUPPORTED 0
-#define RG_R_JUMP_SLOT (~0ul)      /* matches no relocation */
-#define RG_R_GLOB_DAT (~0ul)
-#endif
 
-static pthread_mutex_t rg_inject_lock = PTHREAD_MUTEX_INITIALIZER; /* guards passes */
 static struct rg_inject_state rg_inject;
 static void *(*rg_inject_real_dlopen)(const char *, int);
-static bool rg_injected;
-
-void rg_inject_fork_prepare(void)
-{
-	pthread_mutex_lock(&rg_inject_lock);
-}
-
-void rg_inject_fork_parent(void)
-{
-	pthread_mutex_unlock(&rg_inject_lock);
-}
-
-void rg_inject_fork_child(void)
-{
-	pthread_mutex_init(&rg_inject_lock, NULL);
-}
-
-bool rg_inject_mode(void)
-{
-	return __atomic_load_n(&rg_injected, __ATOMIC_ACQUIRE);
-}
+static bool rg_injected;      /* under rg_inject_lock */
 
 static void *rg_inject_dlopen(const char *file, int mode);
 
@@ -169,9 +148,7 @@ static int rg_inject_object(struct dl_phdr_info *info, size_t size, void *data)
 	(void)size;
 	struct rg_inject_state *st = data;
 	const char *name = info->dlpi_name != NULL ? info->dlpi_name : "";
-	if ((void *)info->dlpi_addr == st->self_base || strstr(name, "libgnutls.so") != NULL ||
-	    strstr(name, "linux-vdso") != NULL || strstr(name, "/ld-linux") != NULL ||
-	    strstr(name, "/libc.so") != NULL)
+	if ((void *)info->dlpi_addr == st->self_base || rg_late_load_skips_object(name))
 		return 0;
 
 	const ElfW(Dyn) *dyn = NULL;
@@ -225,13 +202,13 @@ static int rg_inject_object(struct dl_phdr_info *info, size_t size, void *data)
 /* Patches every loaded object; returns the number of slots changed. */
 static unsigned long rg_inject_pass(void)
 {
-	pthread_mutex_lock(&rg_inject_lock);
+	rg_leaf_lock(&rg_inject_lock);
 	rg_inject.slots = 0;
 	rg_inject.objects = 0;
 	dl_iterate_phdr(rg_inject_object, &rg_inject);
 	unsigned long slots = rg_inject.slots;
 	unsigned objects = rg_inject.objects;
-	pthread_mutex_unlock(&rg_inject_lock);
+	rg_leaf_unlock(&rg_inject_lock);
 	if (slots > 0)
 		rg_log(RG_LOG_DEBUG, "inject: patched %lu GOT slots in %u objects", slots, objects);
 	return slots;
@@ -248,24 +225,20 @@ static void *rg_inject_dlopen(const char *file, int mode)
 RG_EXPORT long rekeyguard_inject_activate(void)
 {
 	static long result = -1;
-	if (!RG_INJECT_SUPPORTED) {
-		rg_log(RG_LOG_ERROR, "inject: late loading is implemented for x86-64 only; nothing "
-		       "patched (start the program with LD_PRELOAD instead)");
-		return -1;
-	}
-	rg_registry_ensure_init();   /* the fork handlers cover rg_inject_lock from now on */
-	pthread_mutex_lock(&rg_inject_lock);
+	rg_locks_ensure_init();   /* the fork handlers cover rg_inject_lock from now on */
+	rg_leaf_lock(&rg_inject_lock);
 	bool first = !rg_injected;
 	if (first) {
-		__atomic_store_n(&rg_injected, true, __ATOMIC_RELEASE);
-		rg_registry_mark_injected();
+		rg_injected = true;
+		rg_binding_use_global_scope();
+		rg_status_mark_injected();
 		if (!rg_inject_collect(&rg_inject)) {
-			pthread_mutex_unlock(&rg_inject_lock);
+			rg_leaf_unlock(&rg_inject_lock);
 			rg_log(RG_LOG_ERROR, "inject: cannot find this library's own wrappers; nothing patched");
 			return -1;
 		}
 	}
-	pthread_mutex_unlock(&rg_inject_lock);
+	rg_leaf_unlock(&rg_inject_lock);
 	if (!first)
 		return result;
 
