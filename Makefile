@@ -11,7 +11,7 @@ CC       ?= cc
 CFLAGS   ?= -O2 -g
 WARN      = -Wall -Wextra -Werror
 # The tools (rekeyguard-inject, rekeyguard-status): every non-static
-# function is declared in a header (tools/proc.h, tools/elf-object.h, ...).
+# function is declared in a header (inject/proc.h, inject/elf-object.h, ...).
 TOOLS_WARN = $(WARN) -Wmissing-prototypes
 # The library: -fvisibility=hidden with exports.map, so only GnuTLS's names
 # and rekeyguard_* leave it; -Wmissing-prototypes: every function another
@@ -72,12 +72,12 @@ $(LIB): $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM
 	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
 
 # rekeyguard-status reads /proc and the mapped library's ELF symbols only:
-# no GnuTLS, nothing x86-specific (it shares tools/proc.c and
-# tools/elf-object.c with rekeyguard-inject, not inject-borrow.c).
+# no GnuTLS, nothing x86-specific (it shares inject/proc.c and
+# inject/elf-object.c with rekeyguard-inject, not inject-borrow.c).
 # _FILE_OFFSET_BITS=64: on 32-bit systems, pread offsets in /proc/PID/mem
 # above 2 GiB.
-STATUS_SRCS = tools/rekeyguard-status.c tools/proc.c tools/elf-object.c
-STATUS_HDRS = tools/proc.h tools/elf-object.h include/rekeyguard.h
+STATUS_SRCS = inject/rekeyguard-status.c inject/proc.c inject/elf-object.c
+STATUS_HDRS = inject/proc.h inject/elf-object.h include/rekeyguard.h
 define link_status
 	$(1) $(CFLAGS) $(TOOLS_WARN) -D_FILE_OFFSET_BITS=64 -Iinclude -o $(2) $(STATUS_SRCS)
 endef
@@ -147,7 +147,7 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-inject
 
 clean: hardening-clean
-	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject rekeyguard-status tools/rg-inject-target
+	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target
 	rm -rf build
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
@@ -159,10 +159,10 @@ qemu-soak: $(LIB)       # ~72 GB, past two automatic GnuTLS rekeys, 4-7 min
 qemu-bench: $(LIB)      # migration throughput and CPU per GB, with and without
 	tests/qemu/smoke.sh --bench
 qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-driver start
-	tests/qemu/libvirt/test.sh
+	tests/qemu/libvirt-test.sh
 
 include tests/matrix/matrix.mk
-include tools/inject.mk
+include inject/inject.mk
 include bench/bench.mk
 include tests/peer/peer.mk
 include tests/peer/programs.mk

@@ -13,7 +13,7 @@
 #                         and the same provoked key updates, alternating
 #                         precopy and postcopy (default 4)
 #   --quick               4 s migrations instead of 8, no injector test
-#   --no-inject           skip tools/inject-test.sh --qemu
+#   --no-inject           skip tests/inject/inject-test.sh --qemu
 #   --table DIR TARGET... print the table of an earlier run's results DIR
 #   -h, --help            this text
 #
@@ -21,7 +21,7 @@
 # MATRIX_CACHE/qemu/host or the chroot's /build/qemu-matrix, builds the
 # library and the injector there against that system's GnuTLS, runs
 # tests/qemu/smoke.sh (guarded = the library in its default mode, which is
-# "keyupdate" on GnuTLS 3.8.11 and later) and tools/inject-test.sh --qemu
+# "keyupdate" on GnuTLS 3.8.11 and later) and tests/inject/inject-test.sh --qemu
 # --only qemu (attach, refusal during a migration, injected migrations).
 # "guarded" runs must all pass; the unprotected counts are measured, not
 # asserted.  Logs and results.json per target go to
@@ -47,9 +47,9 @@ if [ "${1:-}" = --inside ]; then
 	src=$2 out=$3 guarded=$4 unprot=$5 quick=$6 inject=$7
 	cd "$src" || exit 2
 	mkdir -p "$out"
-	if ! make -s --no-print-directory librekeyguard.so rekeyguard-inject tools/rg-inject-target \
+	if ! make -s --no-print-directory librekeyguard.so rekeyguard-inject tests/inject/rg-inject-target \
 		> "$out/build.log" 2>&1 &&
-	   ! make -s --no-print-directory librekeyguard.so rekeyguard-inject tools/rg-inject-target \
+	   ! make -s --no-print-directory librekeyguard.so rekeyguard-inject tests/inject/rg-inject-target \
 		WARN="-Wall -Wextra" >> "$out/build.log" 2>&1; then
 		tail -n 20 "$out/build.log" >&2; die "build failed"
 	fi
@@ -74,7 +74,7 @@ if [ "${1:-}" = --inside ]; then
 		sed "s/^/  $TARGET smoke: /"
 	inj=skipped inj_rc=0
 	if [ "$inject" = 1 ]; then
-		tools/inject-test.sh --qemu --only qemu > "$out/inject.log" 2>&1
+		tests/inject/inject-test.sh --qemu --only qemu > "$out/inject.log" 2>&1
 		inj_rc=$?
 		if [ $inj_rc = 0 ]; then inj=yes; else inj=FAIL; fi
 		grep -E '^  (attach|in-flight|  (source|destination)|(guard|off)-|unprotected)|PROBLEM|^inject-qemu.py' \

@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include "inject.h"
+#include "../shim/late-load.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -372,13 +373,13 @@ struct got_scan {
 	char per_object[8192];
 };
 
+/* The objects the library's late loading leaves alone (shim/late-load.h),
+ * and the library itself. */
 static bool skip_object(const char *path)
 {
 	const char *base = strrchr(path, '/');
 	base = base ? base + 1 : path;
-	return strncmp(base, "libgnutls.so", 12) == 0 || strncmp(base, "librekeyguard", 13) == 0 ||
-	       strncmp(base, "ld-linux", 8) == 0 || strncmp(base, "libc.so", 7) == 0 ||
-	       strncmp(base, "libc-", 5) == 0;
+	return rg_late_load_skips_object(path) || strncmp(base, "librekeyguard", 13) == 0;
 }
 
 /*

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """inject-qemu.py — rekeyguard-inject against a real QEMU (Debian's, TCG).
 
-Run by tools/inject-test.sh --qemu, or alone (as root):
+Run by tests/inject/inject-test.sh --qemu, or alone (as root):
 
-    tools/inject-qemu.py --workdir DIR [--no-migrations] [--unprotected-runs N]
+    tests/inject/inject-qemu.py --workdir DIR [--no-migrations] [--unprotected-runs N]
 
 1. attach: a QEMU started WITHOUT any preload (once plain, once under
    libvirt's -sandbox) runs its guest; rekeyguard-inject --verify-threads
@@ -38,7 +38,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOP = os.path.abspath(os.path.join(HERE, ".."))
+TOP = os.path.abspath(os.path.join(HERE, "..", ".."))
 QEMU_TESTS = os.path.join(TOP, "tests", "qemu")
 INJECT = os.path.join(TOP, "rekeyguard-inject")
 LIB = os.path.join(TOP, "librekeyguard.so")

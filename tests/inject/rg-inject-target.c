@@ -32,7 +32,7 @@
  * line "RESULT rg-inject-target PASS|FAIL key=value ...". Exit status: 0
  * pass, 1 fail, 2 usage or set-up error, 4 watchdog timeout.
  */
-#include "../tests/harness.h"
+#include "../harness.h"
 
 #include <dlfcn.h>
 #include <errno.h>

@@ -17,7 +17,8 @@
 # qemu-system-x86 apparmor (installed through tests/ensure-deps.sh).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
-TOP=$(cd "$HERE/../../.." && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+EXAMPLES=$TOP/examples/libvirt   # what this checks
 LIB=$TOP/librekeyguard.so
 
 pass=0
@@ -43,17 +44,17 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # 1. schemas
-for x in "$HERE"/domain-*.xml; do
+for x in "$EXAMPLES"/domain-*.xml; do
 	if virt-xml-validate "$x" domain >"$T/v.out" 2>&1; then ok "virt-xml-validate ${x##*/}"; else no "virt-xml-validate ${x##*/}" "$T/v.out"; fi
 done
 
 # 2. AppArmor rules inside a profile, as libvirt's per-domain profile includes them
-printf 'profile rekeyguard-libvirt-test {\n  #include "%s"\n}\n' "$HERE/apparmor-libvirt-qemu" > "$T/aa.profile"
+printf 'profile rekeyguard-libvirt-test {\n  #include "%s"\n}\n' "$EXAMPLES/apparmor-libvirt-qemu" > "$T/aa.profile"
 if apparmor_parser -Q -K "$T/aa.profile" >"$T/aa.out" 2>&1; then ok "apparmor_parser accepts apparmor-libvirt-qemu"
 else no "apparmor_parser accepts apparmor-libvirt-qemu" "$T/aa.out"; fi
 
 # 3. SELinux commands (syntax only)
-if sh -n "$HERE/selinux-fcontext.sh" 2>"$T/se.out"; then ok "selinux-fcontext.sh is valid sh"; else no "selinux-fcontext.sh is valid sh" "$T/se.out"; fi
+if sh -n "$EXAMPLES/selinux-fcontext.sh" 2>"$T/se.out"; then ok "selinux-fcontext.sh is valid sh"; else no "selinux-fcontext.sh is valid sh" "$T/se.out"; fi
 
 # 4. live
 if [ "${RG_LIBVIRT_LIVE:-1}" = 0 ]; then
@@ -74,11 +75,11 @@ else
 	sed -e "s|/usr/local/libexec/rekeyguard/qemu-system-x86_64|$T/emu/qemu-system-x86_64|" \
 	    -e "s|/var/lib/libvirt/images/rekeyguard-guest.elf|$T/guest.elf|" \
 	    -e "s|<name>rekeyguard-|<name>rgtest-$$-|" \
-	    "$HERE/domain-emulator.xml" > "$T/a.xml"
+	    "$EXAMPLES/domain-emulator.xml" > "$T/a.xml"
 	sed -e "s|/usr/local/lib/x86_64-linux-gnu/librekeyguard.so|$T/emu/librekeyguard.so|" \
 	    -e "s|/var/lib/libvirt/images/rekeyguard-guest.elf|$T/guest.elf|" \
 	    -e "s|<name>rekeyguard-|<name>rgtest-$$-|" \
-	    "$HERE/domain-qemu-env.xml" > "$T/b.xml"
+	    "$EXAMPLES/domain-qemu-env.xml" > "$T/b.xml"
 	chmod a+r "$T"/*.xml
 
 	# one virsh, fed commands through a FIFO, keeps the embedded driver alive

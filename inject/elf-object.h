@@ -2,7 +2,7 @@
  * elf-object.h — reading an ELF object another process has mapped: its
  * dynamic symbols, its GOT relocations, a byte search in its code.
  *
- * Shared by rekeyguard-inject and rekeyguard-status (tools/elf-object.c).
+ * Shared by rekeyguard-inject and rekeyguard-status (inject/elf-object.c).
  * No architecture-specific code: ELF64 and ELF32 objects of this machine's
  * byte order are read (ELF32 widened into the Elf64 types below), whatever
  * their e_machine unless the caller asks for x86-64. Only the injector's

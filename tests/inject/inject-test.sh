@@ -1,11 +1,11 @@
 #!/bin/bash
 # inject-test.sh — rekeyguard-inject against real processes.
 #
-#   tools/inject-test.sh            everything but QEMU (about 60 s)
-#   tools/inject-test.sh --qemu     also a real QEMU (tools/inject-qemu.py)
-#   tools/inject-test.sh --only NAME[,NAME]   selected tests (see `tests=`)
+#   tests/inject/inject-test.sh            everything but QEMU (about 60 s)
+#   tests/inject/inject-test.sh --qemu     also a real QEMU (tests/inject/inject-qemu.py)
+#   tests/inject/inject-test.sh --only NAME[,NAME]   selected tests (see `tests=`)
 #
-# Every test starts its own target (tools/rg-inject-target: libgnutls loaded,
+# Every test starts its own target (tests/inject/rg-inject-target: libgnutls loaded,
 # one early TLS session, the main thread waiting in a system call until a
 # byte arrives on a FIFO), injects with rekeyguard-inject, releases the
 # wait and checks what the target saw: the wait not disturbed, every
@@ -20,7 +20,7 @@
 # PID.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
-TOP=$(cd "$HERE/.." && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
 INJECT=$TOP/rekeyguard-inject
 TARGET=$HERE/rg-inject-target
 LIB=${RG_INJECT_LIB:-$TOP/librekeyguard.so}
@@ -35,7 +35,7 @@ while [ "$#" -gt 0 ]; do
 	esac
 done
 for f in "$INJECT" "$TARGET" "$LIB"; do
-	[ -x "$f" ] || [ -r "$f" ] || { echo "inject-test.sh: missing $f (make rekeyguard-inject tools/rg-inject-target)" >&2; exit 2; }
+	[ -x "$f" ] || [ -r "$f" ] || { echo "inject-test.sh: missing $f (make rekeyguard-inject tests/inject/rg-inject-target)" >&2; exit 2; }
 done
 if [ "$(id -u)" != 0 ]; then
 	echo "inject-test.sh: SKIPPED: needs root (targets of other users, setpriv, strace)"
@@ -554,7 +554,7 @@ if want pauses; then
 fi
 
 if [ "$qemu" = 1 ] && want qemu; then
-	echo "== qemu: a real QEMU (tools/inject-qemu.py)"
+	echo "== qemu: a real QEMU (tests/inject/inject-qemu.py)"
 	if python3 "$HERE/inject-qemu.py" --workdir "$work/qemu" --lib "$LIB"; then
 		pass "qemu"
 	else

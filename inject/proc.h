@@ -2,7 +2,7 @@
  * proc.h — reading another process through /proc/PID: its mappings,
  * status, threads, comm, command line and environment, and its memory.
  *
- * Shared by rekeyguard-inject and rekeyguard-status (tools/proc.c). Plain
+ * Shared by rekeyguard-inject and rekeyguard-status (inject/proc.c). Plain
  * Linux /proc, no architecture-specific code: builds wherever the library
  * does. Functions that open /proc/PID files pass the kernel's own access
  * check (ptrace read mode for maps, environ and mem) and report its
