@@ -9,7 +9,9 @@
 
 CC       ?= cc
 CFLAGS   ?= -O2 -g
-WARN      = -Wall -Wextra -Werror
+# -Wmissing-prototypes: every function another file uses is declared in a
+# header (the library, the tools, the tests and the benchmark alike).
+WARN      = -Wall -Wextra -Werror -Wmissing-prototypes
 # The tools (rekeyguard-inject, rekeyguard-status): every non-static
 # function is declared in a header (inject/proc.h, inject/elf-object.h, ...).
 TOOLS_WARN = $(WARN) -Wmissing-prototypes

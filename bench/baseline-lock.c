@@ -293,6 +293,7 @@ BASELINE_EXPORT void gnutls_transport_set_int2(gnutls_session_t session, int rec
 
 #if BENCH_QEMU_STYLE
 /* The application's announcement of the fd behind its custom transport. */
+BASELINE_EXPORT void bench_qemustyle_set_poll_fd(gnutls_session_t session, int fd);
 BASELINE_EXPORT void bench_qemustyle_set_poll_fd(gnutls_session_t session, int fd)
 {
 	ensure_bound();
@@ -302,6 +303,7 @@ BASELINE_EXPORT void bench_qemustyle_set_poll_fd(gnutls_session_t session, int f
 }
 #else
 /* Lets the benchmark check that this library is really mapped. */
+BASELINE_EXPORT int bench_naivelock_loaded(void);
 BASELINE_EXPORT int bench_naivelock_loaded(void)
 {
 	return 1;

@@ -72,6 +72,10 @@ static void fm_locate(void)
 		dl_iterate_phdr(fm_find_target, (void *)(target && *target ? target : "librekeyguard"));
 }
 
+/* Looked up with dlsym by the test programs. */
+RG_EXPORT void rg_failmalloc_arm(const char *fn, long skip, long count);
+RG_EXPORT long rg_failmalloc_failed(void);
+
 RG_EXPORT void rg_failmalloc_arm(const char *fn, long skip, long count)
 {
 	enum fm_fn f = FM_NONE;
