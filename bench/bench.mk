@@ -1,4 +1,4 @@
-# bench/bench.mk — rekeyguard's benchmark (issue 4). Included by the top
+# bench/bench.mk — rekeyguard's benchmark. Included by the top
 # Makefile (`include bench/bench.mk`, after its `all` rule), which defines
 # CC, CFLAGS, WARN, GNUTLS_CFLAGS, GNUTLS_LIBS, LIB and deps-build.
 #

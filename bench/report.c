@@ -2,7 +2,7 @@
  * report.c — the written results of a benchmark run.
  *
  * Owns: the headline table (each configuration against plain GnuTLS,
- * beside the noise floor), the CPU-cost table, the targets of issue 4
+ * beside the noise floor), the CPU-cost table, the cost targets
  * (reported, never asserted), the machine description, latest.md,
  * latest.csv and latest-runs.csv. Numbers come from stats.c; the chart is
  * chart.c's.
