@@ -31,7 +31,7 @@ static void usage(void)
 		"usage: rg-bench [--rounds N] [--seconds S] [--smoke] [--out DIR]\n"
 		"                [--shim PATH] [--naive PATH] [--qemustyle PATH] [--chart PATH]\n"
 		"                [--configs ID,ID,...] [--title TEXT] [--workloads W,W,...]\n"
-		"       rg-bench worker raw|a|b|c|cf|d|dl|e|f|g [--prio aes|chacha] [--warmup S]\n"
+		"       rg-bench worker raw|a|b|c|cf|d|dl|e|f|g|u [--prio aes|chacha] [--warmup S]\n"
 		"                [--seconds S] [--stall S] [--sessions N]\n");
 	exit(2);
 }

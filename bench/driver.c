@@ -68,6 +68,10 @@ static struct bench_workload full_plan[] = {
 		 "f. 256 sessions\\nfd", "MB/s", false, 1.0, 256, ALL_TLS),
 	WORKLOAD("g", "g", "g. per call: 1-byte send + recv, one thread, in-memory transport",
 		 "g", "ns/call", true, 1.0, 1, NO_CHACHA),
+	WORKLOAD("u1", "u", "u. per call on an unguarded (DTLS) session, 1 thread",
+		 "u. unguarded\\n1 thread", "ns/call", true, 0.5, 1, NO_CHACHA),
+	WORKLOAD("u2", "u", "u. per call on unguarded (DTLS) sessions, 2 threads, one each",
+		 "u. unguarded\\n2 threads", "ns/call", true, 0.5, 2, NO_CHACHA),
 };
 
 /* Order of configurations in even rounds; odd rounds run it backwards.

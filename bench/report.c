@@ -415,6 +415,22 @@ static void targets_print(FILE *f, const struct bench_results *r)
 		       "%+.0f ns/call (IQR %+.0f to %+.0f; noise 2'-2 %+.0f)", d.median, d.q1, d.q3,
 		       noise.median);
 	}
+	const struct bench_workload *u1 = bench_find_workload(r, "u1");
+	const struct bench_workload *u2 = bench_find_workload(r, "u2");
+	if (u1 != NULL && u2 != NULL) {
+		/* No process-wide lock on the unguarded path: a second thread on
+		 * its own session costs what it costs plain GnuTLS. */
+		struct bench_summary p1 = bench_summarize(r, u1, CFG_PLAIN), p2 = bench_summarize(r, u2, CFG_PLAIN);
+		struct bench_summary s1 = bench_summarize(r, u1, CFG_SHIM), s2 = bench_summarize(r, u2, CFG_SHIM);
+		bool have = p1.ok && p2.ok && s1.ok && s2.ok;
+		double plain_scale = have ? p2.value.median / p1.value.median : 0;
+		double shim_scale = have ? s2.value.median / s1.value.median : 0;
+		target(&t, have, shim_scale <= 1.25 * plain_scale,
+		       "unguarded sessions: 2 threads scale as plain (no process-wide lock)",
+		       "per call 1 -> 2 threads: 3 %.1f -> %.1f ns (x%.2f), 2 %.1f -> %.1f ns (x%.2f)",
+		       have ? s1.value.median : 0, have ? s2.value.median : 0, shim_scale,
+		       have ? p1.value.median : 0, have ? p2.value.median : 0, plain_scale);
+	}
 	char notes[512] = "", note[64];
 	bool all = true;
 	for (int i = 0; i <= r->nworkloads; i++) {

@@ -13,6 +13,9 @@
  *   duplex  bulk both ways on one session, two threads per end (d)
  *   small  one-way 64-byte records as fast as they go (e)
  *   percall  1-byte send + recv in one thread over memory (g)
+ *   unguarded  cheap wrapped calls on DTLS sessions (which the library
+ *        does not guard), one session per thread, 1 or 2 threads (u1, u2):
+ *        what a process-wide lock on that path would cost
  *
  * Invariants: each traffic thread uses one session and at most one counter
  * (a cache line of its own); the monitor thread only reads counters.
@@ -651,6 +654,78 @@ static void workload_percall(const struct bench_run_opts *o)
 	_exit(0);
 }
 
+/* u: each thread calls gnutls_record_check_pending and
+ * gnutls_record_get_direction on its own DTLS session (no handshake
+ * needed) in a loop; the value is the mean over threads of their CPU ns
+ * per call. With a process-wide lock on the unguarded path, two threads
+ * would contend on it and the per-call cost would grow with threads. */
+struct unguarded_thread {
+	const struct bench_run_opts *o;
+	double ns_per_call;
+	bool failed;
+};
+
+static void *unguarded_main(void *arg)
+{
+	struct unguarded_thread *t = arg;
+	gnutls_session_t s;
+	if (gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_DATAGRAM) < 0) {
+		t->failed = true;
+		return NULL;
+	}
+	uint64_t start = bench_now_ns();
+	uint64_t open_at = start + (uint64_t)(t->o->warmup * 1e9);
+	uint64_t close_at = open_at + (uint64_t)(t->o->seconds * 1e9);
+	uint64_t now = start, calls = 0, open_calls = 0, open_cpu = 0;
+	bool opened = false;
+	size_t sink = 0;
+	while (!opened || now < close_at || calls == open_calls) {
+		for (int i = 0; i < 1000; i++) {
+			sink += gnutls_record_check_pending(s);
+			sink += (size_t)gnutls_record_get_direction(s);
+		}
+		calls += 2000;
+		now = bench_now_ns();
+		if (!opened && now >= open_at) {
+			opened = true;
+			open_cpu = thread_cpu_ns();
+			open_calls = calls;
+		}
+	}
+	t->ns_per_call = (double)(thread_cpu_ns() - open_cpu) / (double)(calls - open_calls);
+	t->failed = sink != 0;   /* a fresh DTLS session has nothing pending, direction 0 */
+	gnutls_deinit(s);
+	return NULL;
+}
+
+static void workload_unguarded(const struct bench_run_opts *o)
+{
+	enum { MAX_THREADS = 8 };
+	int n = o->sessions < 1 ? 1 : o->sessions > MAX_THREADS ? MAX_THREADS : o->sessions;
+	struct unguarded_thread t[MAX_THREADS];
+	pthread_t tid[MAX_THREADS];
+	bench_tls_init();
+	for (int i = 0; i < n; i++) {
+		t[i] = (struct unguarded_thread){ o, 0, false };
+		pthread_create(&tid[i], NULL, unguarded_main, &t[i]);
+	}
+	double sum = 0;
+	bool failed = false;
+	for (int i = 0; i < n; i++) {
+		pthread_join(tid[i], NULL);
+		sum += t[i].ns_per_call;
+		failed |= t[i].failed;
+	}
+	if (failed)
+		printf("RESULT status=error value=0 detail=unguarded:dtls-session\n");
+	else
+		printf("RESULT status=ok value=%.1f unit=ns/call threads=%d", sum / n, n);
+	if (!failed)
+		print_result_tail();
+	fflush(stdout);
+	_exit(0);
+}
+
 /* raw: AEAD encryption of 16 KiB records in one thread, no TLS. */
 static double aead_mbps(gnutls_cipher_algorithm_t alg, double seconds)
 {
@@ -718,6 +793,8 @@ int bench_worker(const struct bench_run_opts *o)
 		workload_bulk(o, BENCH_FD, o->sessions, BENCH_RECORD);
 	else if (strcmp(o->workload, "g") == 0)
 		workload_percall(o);
+	else if (strcmp(o->workload, "u") == 0)
+		workload_unguarded(o);
 	fprintf(stderr, "rg-bench: unknown workload '%s'\n", o->workload);
 	return 2;
 }
