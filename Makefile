@@ -132,6 +132,7 @@ check: deps-check
 	@$(MAKE) -s --no-print-directory $(LIB) rekeyguard-status tests hardening-build
 	cd tests && ./check_rekeyguard
 	cd tests && ./check_hardening quick
+	@$(MAKE) -s --no-print-directory check-unit
 	@$(MAKE) -s --no-print-directory inject-check
 
 install: $(LIB) $(INJECTOR) rekeyguard-status
@@ -149,7 +150,7 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-inject
 
 clean: hardening-clean
-	rm -f $(LIB) $(TEST_PROGS) tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target
+	rm -f $(LIB) $(TEST_PROGS) tests/unit/check_unit tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target
 	rm -rf build
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
@@ -165,6 +166,7 @@ qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-d
 
 include tests/matrix/matrix.mk
 include inject/inject.mk
+include tests/unit/unit.mk
 include bench/bench.mk
 include tests/peer/peer.mk
 include tests/peer/programs.mk

@@ -1,0 +1,14 @@
+# tests/unit/unit.mk — unit tests of the library's internals (queue,
+# record header, errno mirror, buffer cache), compiled together with the
+# shim's own files rather than preloaded. Included by the top Makefile.
+#
+#   make check-unit     build and run tests/unit/check_unit (a second)
+
+UNIT_SHIM_SRCS = $(addprefix shim/,buffers.c outbound.c app-transport.c locks.c config.c binding.c)
+
+tests/unit/check_unit: tests/unit/check_unit.c $(UNIT_SHIM_SRCS) $(SHIM_HDRS)
+	$(CC) $(TEST_CFLAGS) -Ishim -o $@ tests/unit/check_unit.c $(UNIT_SHIM_SRCS) $(CHECK_LIBS) -ldl
+
+.PHONY: check-unit
+check-unit: tests/unit/check_unit
+	cd tests/unit && ./check_unit
