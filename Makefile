@@ -150,7 +150,7 @@ uninstall:
 	    $(DESTDIR)$(BINDIR)/rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-inject
 
 clean: hardening-clean
-	rm -f $(LIB) $(TEST_PROGS) tests/unit/check_unit tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target
+	rm -f $(LIB) $(TEST_PROGS) tests/unit/check_unit tests/unit/check_unit_debug tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target
 	rm -rf build
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.

@@ -4,12 +4,15 @@
  * outbound queue and its flush, and the per-thread buffer cache.
  *
  * Compiled together with the shim's own source files (tests/unit/unit.mk),
- * not preloaded: each test builds a struct rg_session by hand and drives
+ * not preloaded, once as released and once with -DREKEYGUARD_DEBUG (the
+ * ASan library's flag, check_unit_debug), whose lock helpers must abort
+ * on misuse: each test builds a struct rg_session by hand and drives
  * the internal functions directly, over a real socketpair where bytes
  * move. No GnuTLS session is needed. No randomness.
  */
 #include <check.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,6 +231,48 @@ START_TEST(test_chunk_cache)
 }
 END_TEST
 
+/* ---- lock misuse: debug builds abort at the call site ---------------------- */
+
+#ifdef REKEYGUARD_DEBUG
+START_TEST(test_debug_relock_aborts)
+{
+	struct rg_session *s = session_new();
+	rg_session_lock(s);
+	rg_session_lock(s);   /* a session lock this thread holds: abort */
+}
+END_TEST
+
+START_TEST(test_debug_foreign_unlock_aborts)
+{
+	struct rg_session *s = session_new();
+	rg_session_unlock(s);   /* not held by this thread: abort */
+}
+END_TEST
+
+START_TEST(test_debug_lock_under_leaf_aborts)
+{
+	struct rg_session *s = session_new();
+	rg_locks_ensure_init();
+	rg_leaf_lock(&rg_stripe[0]);
+	rg_session_lock(s);   /* nothing may be taken under a leaf lock: abort */
+}
+END_TEST
+
+START_TEST(test_debug_correct_use_passes)
+{
+	struct rg_session *a = session_new(), *b = session_new();
+	rg_session_lock(a);
+	rg_session_lock(b);   /* two sessions: allowed (locks.h) */
+	rg_session_unlock(b);
+	rg_session_unlock(a);
+	rg_session_lock_turn(a, true, false);
+	rg_session_unlock(a);
+	session_free(a);
+	session_free(b);
+}
+END_TEST
+#endif
+
 static Suite *unit_suite(void)
 {
 	Suite *s = suite_create("rekeyguard-unit");
@@ -244,6 +289,14 @@ static Suite *unit_suite(void)
 	TCase *buffers = tcase_create("buffers");
 	tcase_add_test(buffers, test_chunk_cache);
 	suite_add_tcase(s, buffers);
+#ifdef REKEYGUARD_DEBUG
+	TCase *debug = tcase_create("debug-locks");
+	tcase_add_test_raise_signal(debug, test_debug_relock_aborts, SIGABRT);
+	tcase_add_test_raise_signal(debug, test_debug_foreign_unlock_aborts, SIGABRT);
+	tcase_add_test_raise_signal(debug, test_debug_lock_under_leaf_aborts, SIGABRT);
+	tcase_add_test(debug, test_debug_correct_use_passes);
+	suite_add_tcase(s, debug);
+#endif
 	return s;
 }
 
