@@ -19,6 +19,12 @@ TOOLS_WARN = $(WARN) -Wmissing-prototypes
 # and rekeyguard_* leave it; -Wmissing-prototypes: every function another
 # file uses is declared in that file's header.
 SHIM_CFLAGS = $(CFLAGS) $(WARN) -Wmissing-prototypes -fPIC -fvisibility=hidden -D_GNU_SOURCE -pthread
+# The release library is one link-time-optimised unit: the per-call path
+# crosses a dozen small files (registry, locks, queue, staging), and
+# inlining across them is measured at about 50 ns less per call on the
+# bench's workload g (a 2-core EPYC VM, GnuTLS 3.7.9). Not for the ASan
+# build (tests/hardening.mk), whose reports should name the real frames.
+SHIM_LTO  = -flto=auto
 GNUTLS_CFLAGS := $(shell pkg-config --cflags gnutls 2>/dev/null)
 GNUTLS_LIBS   := $(shell pkg-config --libs gnutls 2>/dev/null || echo -lgnutls)
 CHECK_LIBS    := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
@@ -71,7 +77,7 @@ define link_shim
 endef
 
 $(LIB): $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM_HDRS) shim/exports.map
-	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
+	$(call link_shim,$(CC),$(SHIM_CFLAGS) $(SHIM_LTO),$@)
 
 # rekeyguard-status reads /proc and the mapped library's ELF symbols only:
 # no GnuTLS, nothing x86-specific (it shares inject/proc.c and
@@ -95,7 +101,7 @@ CROSS_CC ?= aarch64-linux-gnu-gcc
 cross-aarch64:
 	@tests/ensure-deps.sh gcc-aarch64-linux-gnu libgnutls28-dev
 	@mkdir -p build/aarch64
-	$(call link_shim,$(CROSS_CC),$(SHIM_CFLAGS) $(GNUTLS_CFLAGS),build/aarch64/$(LIB))
+	$(call link_shim,$(CROSS_CC),$(SHIM_CFLAGS) $(SHIM_LTO) $(GNUTLS_CFLAGS),build/aarch64/$(LIB))
 	$(call link_status,$(CROSS_CC),build/aarch64/rekeyguard-status)
 	@readelf -h build/aarch64/$(LIB) | grep -q 'Machine: *AArch64' && \
 	    echo "cross-aarch64: build/aarch64/$(LIB) is an AArch64 shared object"

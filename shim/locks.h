@@ -72,7 +72,9 @@
 #define RG_STRIPES 64     /* power of two */
 
 /* A thread blocked this long for a session lock is counted (locks.c). */
+#ifndef RG_TURN_AFTER_NS
 #define RG_TURN_AFTER_NS 100000L
+#endif
 
 extern pthread_mutex_t rg_inject_lock;
 extern pthread_mutex_t rg_stripe[RG_STRIPES];
