@@ -26,7 +26,7 @@ BENCH_PRELOADS = bench/libnaivelock.so bench/libqemustyle.so
 # The top Makefile, for the recursive make that builds after deps-build.
 BENCH_TOP_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 
-.PHONY: bench bench-smoke bench-build bench-clean
+.PHONY: bench bench-smoke bench-build bench-clean bench-profile
 
 bench-build: $(LIB) $(BENCH_PROG) $(BENCH_PRELOADS)
 
@@ -50,8 +50,19 @@ bench-smoke: deps-build
 	@$(MAKE) -s --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-build
 	$(BENCH_PROG) --smoke
 
+# Where a guarded call's instructions go: workload g under callgrind
+# (bench/profile-call.sh, ~1 min): bench/results/profile-call.md. The
+# library is built once more without LTO, for the per-file split.
+bench/librekeyguard-nolto.so: $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM_HDRS) shim/exports.map
+	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
+
+bench-profile: deps-build
+	@tests/ensure-deps.sh valgrind
+	@$(MAKE) -s --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-build bench/librekeyguard-nolto.so
+	bench/profile-call.sh
+
 bench-clean:
-	rm -f $(BENCH_PROG) $(BENCH_PRELOADS)
+	rm -f $(BENCH_PROG) $(BENCH_PRELOADS) bench/librekeyguard-nolto.so
 	rm -rf bench/results/tmp
 
 clean: bench-clean

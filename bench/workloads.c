@@ -316,6 +316,7 @@ struct window {
 	double stalled_after;   /* seconds after start when traffic stopped */
 	double seconds;         /* measured window */
 	uint64_t bytes;         /* received in the window (all counters) */
+	uint64_t flow_bytes[2]; /* of counters 0 and 1 (the two directions of d, dl) */
 	double cpu_seconds;     /* CPU time of this process in the window */
 	uint64_t end_ns;
 };
@@ -368,7 +369,7 @@ static struct window monitor(const struct traffic_plan *p, const struct bench_ru
 	uint64_t close_at = open_at + (uint64_t)(opts->seconds * 1e9);
 	uint64_t stall_ns = (uint64_t)(opts->stall * 1e9);
 	uint64_t last_value[MAX_TRACKED], last_move[MAX_TRACKED];
-	uint64_t open_bytes = 0, open_ns = 0;
+	uint64_t open_bytes = 0, open_ns = 0, open_flow[2] = { 0, 0 };
 	double open_cpu = 0;
 	bool opened = false, closed = false;
 	struct window w;
@@ -402,12 +403,18 @@ static struct window monitor(const struct traffic_plan *p, const struct bench_ru
 		if (!opened && now >= open_at) {
 			opened = true;
 			open_bytes = counters_sum(p);
+			for (int i = 0; i < 2 && i < p->ncounters; i++)
+				open_flow[i] = atomic_load_explicit(&p->counters[i].bytes,
+								    memory_order_relaxed);
 			open_ns = now;
 			open_cpu = process_cpu_seconds();
 		}
 		else if (!closed && now >= close_at) {   /* a later sample than the opening */
 			closed = true;
 			w.bytes = counters_sum(p) - open_bytes;
+			for (int i = 0; i < 2 && i < p->ncounters; i++)
+				w.flow_bytes[i] = atomic_load_explicit(&p->counters[i].bytes,
+								       memory_order_relaxed) - open_flow[i];
 			w.cpu_seconds = process_cpu_seconds() - open_cpu;
 			w.seconds = (double)(now - open_ns) / 1e9;
 			w.end_ns = now;
@@ -505,8 +512,10 @@ static void ticks_alloc(const struct bench_run_opts *o)
 /* The RESULT line with the tick latencies: messages due inside the window;
  * one not received by now counts with its age so far (a lower bound of its
  * real latency). */
+/* duplex: also the two directions apart (d, dl: counter 0 is server to
+ * client, the probe's direction, counter 1 client to server). */
 static void print_with_latency(const struct bench_run_opts *o, uint64_t start,
-			       const struct window *w)
+			       const struct window *w, bool duplex)
 {
 	uint64_t open_at = start + (uint64_t)(o->warmup * 1e9);
 	uint64_t close_at = open_at + (uint64_t)(o->seconds * 1e9);
@@ -526,6 +535,9 @@ static void print_with_latency(const struct bench_run_opts *o, uint64_t start,
 	}
 	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f lat_n=%zu late=%zu",
 	       (double)w->bytes / w->seconds / 1e6, (double)w->bytes / w->cpu_seconds / 1e6, n, late);
+	if (duplex)
+		printf(" s2c_mbs=%.1f c2s_mbs=%.1f", (double)w->flow_bytes[0] / w->seconds / 1e6,
+		       (double)w->flow_bytes[1] / w->seconds / 1e6);
 	print_result_tail();
 	for (size_t i = 0; i < n; i++)
 		printf("%s%llu%s", i % 16 == 0 ? "LAT " : "", (unsigned long long)lat[i],
@@ -559,7 +571,7 @@ static void workload_migration(const struct bench_run_opts *o, enum bench_transp
 	struct window w = monitor(&p, o);
 	if (w.stalled)
 		finish_stalled(&w);
-	print_with_latency(o, start, &w);
+	print_with_latency(o, start, &w, false);
 }
 
 /* d: bulk both ways, a sender and a receiver thread on each end; dl: the
@@ -590,9 +602,12 @@ static void workload_duplex(const struct bench_run_opts *o, bool probe)
 	if (w.stalled)
 		finish_stalled(&w);
 	if (probe)
-		print_with_latency(o, start, &w);
-	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f",
-	       (double)w.bytes / w.seconds / 1e6, (double)w.bytes / w.cpu_seconds / 1e6);
+		print_with_latency(o, start, &w, true);
+	/* The two directions apart: server to client (the probe's direction
+	 * in dl) and client to server. */
+	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f s2c_mbs=%.1f c2s_mbs=%.1f",
+	       (double)w.bytes / w.seconds / 1e6, (double)w.bytes / w.cpu_seconds / 1e6,
+	       (double)w.flow_bytes[0] / w.seconds / 1e6, (double)w.flow_bytes[1] / w.seconds / 1e6);
 	print_result_tail();
 	fflush(stdout);
 	_exit(0);
