@@ -41,7 +41,7 @@ static struct rg_pull_outcome rg_pull_like_gnutls(struct rg_session *s, size_t l
 		while (o.got < len) {
 			rg_capture_begin(s);
 			errno = 0;
-			ssize_t n = s->app_pull(s->app_recv_ptr, s->in_buf + o.got, len - o.got);
+			ssize_t n = rg_app_pull(s, s->in_buf + o.got, len - o.got);
 			if (n <= 0) {
 				o.last = n;
 				o.err = n < 0 ? rg_app_errno(s, errno) : 0;
@@ -67,9 +67,11 @@ bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 	size_t len = s->want_len;
 	unsigned ms = s->want_ms;
 	bool continues = want == RG_WANT_READ && s->want_continues;
+	bool want_bytes = s->want_bytes;
 	/* With a timeout GnuTLS polls before every pull: one pull at a time. */
 	bool whole_record = !s->timeout_seen;
 	s->want = RG_WANT_NONE;
+	s->want_bytes = false;
 
 	if (s->reader_active) {          /* another thread is reading: retry after it */
 		rg_session_wait(s);
@@ -78,7 +80,7 @@ bool rg_wait_for_input(struct rg_session *s, ssize_t *ret)
 	if (s->in_off < s->in_len || s->in_result != RG_IN_NONE)
 		return false;                /* something is staged already */
 
-	bool read_bytes = want == RG_WANT_READ && s->app_pull != NULL;
+	bool read_bytes = want == RG_WANT_READ && (s->app_pull != NULL || want_bytes);
 	size_t room = len == RG_TLS_HEADER ? RG_TLS_HEADER + RG_TLS_MAX_BODY : len;
 	if (read_bytes && !rg_input_acquire(s, room)) {
 		rg_log(RG_LOG_ERROR, "out of memory staging %zu input bytes; the pull fails", room);

@@ -91,6 +91,8 @@ struct rg_session {
 	/* Inbound staging (inbound.c). */
 	enum rg_want want;
 	bool want_continues;          /* the wanting pull continues a partial read */
+	bool want_bytes;              /* read the bytes, even on GnuTLS's own fd
+	                               * transport (a read-ahead: guard.c) */
 	bool timeout_seen;            /* the real call used pull_timeout */
 	bool in_whole_record;         /* the staged bytes are one whole record */
 	bool at_record_boundary;      /* GnuTLS consumed exactly whole records */
