@@ -33,6 +33,13 @@ PREFIX  ?= /usr/local
 MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch 2>/dev/null)
 LIBDIR  ?= $(PREFIX)/lib/$(MULTIARCH)
 BINDIR  ?= $(PREFIX)/bin
+# rekeyguard-status and rekeyguard-inject (the Debian package: /usr/sbin)
+SBINDIR ?= $(BINDIR)
+# the launcher itself, and its QEMU-named symlink for libvirt's <emulator>
+LIBEXECDIR ?= $(PREFIX)/libexec/rekeyguard
+MANDIR  ?= $(PREFIX)/share/man
+# rekeyguard-selftest's files: its migration driver, certificate maker, guest
+PKGLIBDIR ?= $(PREFIX)/lib/rekeyguard
 
 # The library's files, one concern each (HACKING.md has the map). Late
 # loading exists on x86-64 only; elsewhere a stub refuses activation.
@@ -45,7 +52,7 @@ LIB       = librekeyguard.so
 
 # Packages the build and the tests need (Debian 12 names).
 DEPS_BUILD = gcc make pkg-config libgnutls28-dev
-DEPS_CHECK = $(DEPS_BUILD) check gnutls-bin binutils
+DEPS_CHECK = $(DEPS_BUILD) check gnutls-bin binutils prometheus scdoc
 
 TEST_CFLAGS = $(CFLAGS) $(WARN) -D_GNU_SOURCE -pthread $(GNUTLS_CFLAGS)
 TEST_PROGS  = tests/rg-scenario tests/rg-differential tests/rg-kurace tests/check_rekeyguard
@@ -71,7 +78,7 @@ include tests/hardening.mk
 #                     stay inside it (never rebound to GnuTLS)
 #   -ldl -pthread     dlsym/dladdr; not linked against GnuTLS (bound at run time)
 define link_shim
-	$(1) $(2) -shared -Wl,--version-script=shim/exports.map \
+	$(1) $(CPPFLAGS) $(2) $(LDFLAGS) -shared -Wl,--version-script=shim/exports.map \
 	    -Wl,-z,now -Wl,-z,relro -Wl,-z,nodelete -Wl,-Bsymbolic-functions -o $(3) \
 	    $(call shim_srcs,$(shell $(1) -dumpmachine)) -ldl -pthread
 endef
@@ -87,7 +94,7 @@ $(LIB): $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM
 STATUS_SRCS = inject/rekeyguard-status.c inject/proc.c inject/elf-object.c
 STATUS_HDRS = inject/proc.h inject/elf-object.h include/rekeyguard.h
 define link_status
-	$(1) $(CFLAGS) $(TOOLS_WARN) -D_FILE_OFFSET_BITS=64 -Iinclude -o $(2) $(STATUS_SRCS)
+	$(1) $(CPPFLAGS) $(CFLAGS) $(TOOLS_WARN) -D_FILE_OFFSET_BITS=64 -Iinclude $(LDFLAGS) -o $(2) $(STATUS_SRCS)
 endef
 
 rekeyguard-status: $(STATUS_SRCS) $(STATUS_HDRS)
@@ -140,23 +147,76 @@ check: deps-check
 	cd tests && ./check_hardening quick
 	@$(MAKE) -s --no-print-directory check-unit
 	@$(MAKE) -s --no-print-directory inject-check
+	tests/man-check.sh
 
-install: $(LIB) $(INJECTOR) rekeyguard-status
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
+# The launcher's QEMU name on this architecture (libvirt's <emulator>).
+QEMU_NAME := qemu-system-$(firstword $(subst -, ,$(TARGET_ARCH_TRIPLE)))
+
+# Man pages: scdoc sources in man/ (NAME.SECTION.scd).
+MAN_SRCS  = $(wildcard man/*.scd)
+MAN_PAGES = $(MAN_SRCS:.scd=)
+.PHONY: man
+man: $(MAN_PAGES)
+$(MAN_PAGES): %: %.scd
+	@tests/ensure-deps.sh scdoc
+	scdoc < $< > $@
+
+# rekeyguard-selftest (x86-64 hosts: its guest is a 32-bit x86 kernel):
+# make selftest runs it from the tree; make install installs it.
+SELFTEST_GUEST = build/selftest-guest.elf
+SELFTEST := $(if $(findstring x86_64,$(TARGET_ARCH_TRIPLE)),$(SELFTEST_GUEST))
+.PHONY: selftest selftest-build
+selftest-build: $(SELFTEST)
+$(SELFTEST_GUEST): tests/qemu/build-guest.sh tests/qemu/guest/boot.S tests/qemu/guest/guest.c tests/qemu/guest/guest.ld
+	@mkdir -p build
+	tests/qemu/build-guest.sh $@
+selftest: $(LIB) $(SELFTEST_GUEST)
+	@tests/ensure-deps.sh qemu-system-x86 gnutls-bin python3
+	selftest/rekeyguard-selftest.sh $(SELFTEST_ARGS)
+
+# Nothing under /etc: the configuration file and the AppArmor include are
+# the Debian package's (debian/rules), or the administrator's
+# (examples/libvirt/README.md).
+install: $(LIB) $(INJECTOR) rekeyguard-status man $(SELFTEST)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(LIBEXECDIR)
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/$(LIB)
 	sed -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e "s|@GNUTLS_REWORKED@|$$(sed -n 's/^#define REKEYGUARD_GNUTLS_REWORKED \"\(.*\)\"$$/\1/p' include/rekeyguard.h)|" \
-	    run-qemu-with-shim.sh > $(DESTDIR)$(BINDIR)/run-qemu-with-shim
-	chmod 0755 $(DESTDIR)$(BINDIR)/run-qemu-with-shim
-	install -m 0755 rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-status
-	$(if $(INJECTOR),install -m 0755 rekeyguard-inject $(DESTDIR)$(BINDIR)/rekeyguard-inject)
+	    run-qemu-with-shim.sh > $(DESTDIR)$(LIBEXECDIR)/run-qemu-with-shim
+	chmod 0755 $(DESTDIR)$(LIBEXECDIR)/run-qemu-with-shim
+	ln -sf run-qemu-with-shim $(DESTDIR)$(LIBEXECDIR)/$(QEMU_NAME)
+	ln -sf $$(realpath -m --relative-to=$(BINDIR) $(LIBEXECDIR))/run-qemu-with-shim \
+	    $(DESTDIR)$(BINDIR)/run-qemu-with-shim
+	install -m 0755 rekeyguard-status $(DESTDIR)$(SBINDIR)/rekeyguard-status
+	$(if $(INJECTOR),install -m 0755 rekeyguard-inject $(DESTDIR)$(SBINDIR)/rekeyguard-inject)
+	$(if $(SELFTEST),$(MAKE) -s --no-print-directory install-selftest)
+	for page in $(MAN_PAGES); do \
+	    section=$${page##*.}; \
+	    install -d $(DESTDIR)$(MANDIR)/man$$section && \
+	    install -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$section/ || exit 1; \
+	done
+
+install-selftest: $(SELFTEST_GUEST)
+	install -d $(DESTDIR)$(PKGLIBDIR) $(DESTDIR)$(SBINDIR)
+	install -m 0644 tests/qemu/migrate.py tests/qemu/mkcerts.sh $(DESTDIR)$(PKGLIBDIR)/
+	install -m 0644 $(SELFTEST_GUEST) $(DESTDIR)$(PKGLIBDIR)/guest.elf
+	sed -e 's|@PKGLIBDIR@|$(PKGLIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
+	    selftest/rekeyguard-selftest.sh > $(DESTDIR)$(SBINDIR)/rekeyguard-selftest
+	chmod 0755 $(DESTDIR)$(SBINDIR)/rekeyguard-selftest
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(LIB) $(DESTDIR)$(BINDIR)/run-qemu-with-shim \
-	    $(DESTDIR)$(BINDIR)/rekeyguard-status $(DESTDIR)$(BINDIR)/rekeyguard-inject
+	    $(DESTDIR)$(LIBEXECDIR)/run-qemu-with-shim $(DESTDIR)$(LIBEXECDIR)/$(QEMU_NAME) \
+	    $(DESTDIR)$(SBINDIR)/rekeyguard-status $(DESTDIR)$(SBINDIR)/rekeyguard-inject \
+	    $(DESTDIR)$(SBINDIR)/rekeyguard-selftest $(DESTDIR)$(PKGLIBDIR)/migrate.py \
+	    $(DESTDIR)$(PKGLIBDIR)/mkcerts.sh $(DESTDIR)$(PKGLIBDIR)/guest.elf
+	for page in $(notdir $(MAN_PAGES)); do \
+	    rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$$page; \
+	done
+	-rmdir $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(PKGLIBDIR) 2>/dev/null
 
 clean: hardening-clean
-	rm -f $(LIB) $(TEST_PROGS) tests/unit/check_unit tests/unit/check_unit_debug tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target
+	rm -f $(LIB) $(TEST_PROGS) tests/unit/check_unit tests/unit/check_unit_debug tests/*.o rekeyguard-inject rekeyguard-status tests/inject/rg-inject-target $(MAN_PAGES)
 	rm -rf build
 # Real QEMU (Debian's qemu-system-x86, TCG): TLS live migration over
 # loopback through run-qemu-with-shim.sh, with provoked key updates.
@@ -174,5 +234,6 @@ include tests/matrix/matrix.mk
 include inject/inject.mk
 include tests/unit/unit.mk
 include bench/bench.mk
+include tests/package/package.mk
 include tests/peer/peer.mk
 include tests/peer/programs.mk

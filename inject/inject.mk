@@ -15,7 +15,7 @@ INJECT_HDRS = inject/inject.h inject/proc.h inject/elf-object.h shim/late-load.h
 INJECT_TEST_PROGS = tests/inject/rg-inject-target
 
 rekeyguard-inject: $(INJECT_SRCS) $(INJECT_HDRS)
-	$(CC) $(CFLAGS) $(TOOLS_WARN) -DRG_INJECT_LIBDIR='"$(LIBDIR)"' -o $@ $(INJECT_SRCS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(TOOLS_WARN) -DRG_INJECT_LIBDIR='"$(LIBDIR)"' $(LDFLAGS) -o $@ $(INJECT_SRCS)
 
 tests/inject/rg-inject-target: tests/inject/rg-inject-target.c $(HARNESS)
 	$(CC) $(TEST_CFLAGS) -o $@ tests/inject/rg-inject-target.c tests/harness.c $(GNUTLS_LIBS) -ldl

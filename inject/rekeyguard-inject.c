@@ -74,7 +74,8 @@ static struct {
 static void usage(FILE *out)
 {
 	fprintf(out,
-"usage: rekeyguard-inject [--check] [--force] [--lib PATH] [--timeout MS] PID...\n"
+"usage: rekeyguard-inject [--check] [--force] [--lib PATH] [--timeout MS]\n"
+"                         [--verify-threads] PID...\n"
 "\n"
 "Loads librekeyguard.so into running processes (QEMU) that were started\n"
 "without it, so that every TLS session they create from now on is guarded\n"
@@ -92,6 +93,7 @@ static void usage(FILE *out)
 "                  waiting for the library to load, after MS (default %d)\n"
 "  --verify-threads  while the thread is borrowed, count the other threads\n"
 "                  that are stopped (should be none)\n"
+"  --help          this text\n"
 "\n"
 "Refuses (exit 1, process untouched): a migration in flight (QEMU thread\n"
 "names, or QMP query-migrate on a monitor socket named on QEMU's command\n"

@@ -1,7 +1,7 @@
 /*
  * rekeyguard-status.c — is a running QEMU (or any GnuTLS program) protected?
  *
- *   rekeyguard-status [--json] [--all] [PID...]
+ *   rekeyguard-status [--json | --prometheus] [--output FILE] [--all] [PID...]
  *
  * For each given PID, or each running QEMU process when none is given,
  * reports whether librekeyguard.so is mapped (/proc/PID/maps), which GnuTLS
@@ -14,7 +14,8 @@
  * words from /proc/PID/mem (proc.c).
  *
  * Owns: the command line, the choice of processes, the state and advice
- * of each, and the report (text or JSON). Only reads: it never attaches to,
+ * of each, and the report (text, JSON or the Prometheus text format,
+ * optionally written to a file atomically). Only reads: it never attaches to,
  * stops or writes to a process, and it builds on any Linux architecture.
  *
  * Invariants: a process whose files cannot be opened as it sees them (its
@@ -50,7 +51,7 @@
 
 static void usage(void)
 {
-	fputs("Usage: rekeyguard-status [--json] [--all] [PID...]\n"
+	fputs("Usage: rekeyguard-status [--json | --prometheus] [--output FILE] [--all] [PID...]\n"
 	      "\n"
 	      "Reports whether librekeyguard.so protects running processes against the\n"
 	      "GnuTLS TLS 1.3 key-update race.\n"
@@ -59,11 +60,20 @@ static void usage(void)
 	      "            qemu-system-*, qemu-kvm)\n"
 	      "  --all     inspect every process that has libgnutls mapped\n"
 	      "  --json    one JSON array on stdout, for scripts\n"
+	      "  --prometheus  the Prometheus text format (node_exporter's textfile\n"
+	      "            collector): per process rekeyguard_process_protected (labels\n"
+	      "            state, mode, gnutls_version, injected), ..._sessions_guarded_total,\n"
+	      "            ..._sessions_unguarded, ..._injected; per host\n"
+	      "            rekeyguard_processes{state} and rekeyguard_scrape_success\n"
+	      "  --output FILE  write the report to FILE atomically (a temporary file\n"
+	      "            in the same directory, then rename), e.g.\n"
+	      "            /var/lib/prometheus/node-exporter/rekeyguard.prom\n"
 	      "  --help    this text\n"
 	      "\n"
 	      "States: protected (the library is mapped and guarding), unprotected\n"
-	      "(GnuTLS without the library, or with REKEYGUARD_MODE=off: every GnuTLS\n"
-	      "release races; 3.8.11 and later only when both directions change keys at\n"
+	      "(GnuTLS without the library, with REKEYGUARD_MODE=off, or with\n"
+	      "REKEYGUARD_MODE=keyupdate before GnuTLS 3.8.11: every GnuTLS release\n"
+	      "races; 3.8.11 and later only when both directions change keys at\n"
 	      "once), not-affected (no GnuTLS mapped), unknown (the process could not be\n"
 	      "read; run as root or as its user).\n"
 	      "Exit status: 0 all protected or not affected, 1 any unprotected, 2 errors.\n",
@@ -472,11 +482,28 @@ struct report {
 	char *name;
 	const char *state;      /* protected, unprotected, not-affected, unknown */
 	char *library, *gnutls, *version, *preload, *advice;
+	const char *mode;       /* guard, keyupdate, off (library loaded, switched
+	                         * off) or none */
+	bool counters_ok;       /* counters read from the library */
+	struct rekeyguard_status counters;
+};
+
+enum format { FORMAT_TEXT, FORMAT_JSON, FORMAT_PROMETHEUS };
+
+/* What the Prometheus format needs of one report (printed at the end,
+ * grouped by metric). */
+struct metric_row {
+	char *pid, *name, *version;
+	const char *state, *mode;
+	bool counters_ok;
+	struct rekeyguard_status counters;
 };
 
 struct output {
-	bool json;
+	enum format format;
 	bool first;
+	struct metric_row *rows;
+	size_t nrows, cap;
 };
 
 static void json_string(const char *s)
@@ -496,7 +523,21 @@ static void json_string(const char *s)
 
 static void report_print(struct output *out, const struct report *r)
 {
-	if (out->json) {
+	if (out->format == FORMAT_PROMETHEUS) {
+		if (out->nrows == out->cap) {
+			out->cap = out->cap ? out->cap * 2 : 16;
+			struct metric_row *rows = realloc(out->rows, out->cap * sizeof *rows);
+			if (rows == NULL) {
+				fprintf(stderr, PROGRAM ": out of memory\n");
+				exit(2);
+			}
+			out->rows = rows;
+		}
+		out->rows[out->nrows++] = (struct metric_row){
+			xstrdup(r->pid), xstrdup(r->name), xstrdup(r->version), r->state,
+			r->mode != NULL ? r->mode : "none", r->counters_ok, r->counters
+		};
+	} else if (out->format == FORMAT_JSON) {
 		static const char *const keys[] = { "name", "state", "library", "gnutls",
 						    "gnutls_version", "ld_preload", "advice" };
 		const char *values[] = { r->name, r->state, r->library, r->gnutls, r->version,
@@ -521,6 +562,144 @@ static void report_print(struct output *out, const struct report *r)
 			       r->advice);
 	}
 	out->first = false;
+}
+
+/* A label value in the Prometheus text format: backslash, double quote
+ * and newline escaped. */
+static void prom_label(const char *s)
+{
+	putchar('"');
+	for (; *s != '\0'; s++) {
+		if (*s == '\\' || *s == '"')
+			printf("\\%c", *s);
+		else if (*s == '\n')
+			fputs("\\n", stdout);
+		else
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+static void prom_family(const char *name, const char *type, const char *help)
+{
+	printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_process_labels(const struct metric_row *m)
+{
+	fputs("{pid=", stdout);
+	prom_label(m->pid);
+	fputs(",name=", stdout);
+	prom_label(m->name);
+}
+
+/* Every metric of the Prometheus output, grouped by family (the text
+ * format wants each family's samples together). */
+static void prometheus_print(const struct output *out, int status)
+{
+	prom_family("rekeyguard_process_protected", "gauge",
+		    "1 when librekeyguard.so guards the process's GnuTLS sessions, else 0 "
+		    "(state: protected, unprotected, not-affected, unknown).");
+	for (size_t i = 0; i < out->nrows; i++) {
+		const struct metric_row *m = &out->rows[i];
+		fputs("rekeyguard_process_protected", stdout);
+		prom_process_labels(m);
+		fputs(",state=", stdout);
+		prom_label(m->state);
+		fputs(",mode=", stdout);
+		prom_label(m->mode);
+		fputs(",gnutls_version=", stdout);
+		prom_label(m->version);
+		fputs(",injected=", stdout);
+		prom_label(m->counters_ok && m->counters.injected == 1 ? "1" : "0");
+		printf("} %d\n", strcmp(m->state, "protected") == 0);
+	}
+	prom_family("rekeyguard_process_sessions_guarded_total", "counter",
+		    "TLS sessions the library has guarded in the process since it was loaded.");
+	for (size_t i = 0; i < out->nrows; i++)
+		if (out->rows[i].counters_ok) {
+			fputs("rekeyguard_process_sessions_guarded_total", stdout);
+			prom_process_labels(&out->rows[i]);
+			printf("} %" PRIu64 "\n", out->rows[i].counters.guarded);
+		}
+	prom_family("rekeyguard_process_sessions_unguarded", "gauge",
+		    "Distinct sessions used but not guarded (created before an injection, or "
+		    "DTLS), counted up to 256.");
+	for (size_t i = 0; i < out->nrows; i++)
+		if (out->rows[i].counters_ok) {
+			fputs("rekeyguard_process_sessions_unguarded", stdout);
+			prom_process_labels(&out->rows[i]);
+			printf("} %" PRIu64 "\n", out->rows[i].counters.unguarded);
+		}
+	prom_family("rekeyguard_process_injected", "gauge",
+		    "1 when the library was loaded into the running process by rekeyguard-inject.");
+	for (size_t i = 0; i < out->nrows; i++)
+		if (out->rows[i].counters_ok) {
+			fputs("rekeyguard_process_injected", stdout);
+			prom_process_labels(&out->rows[i]);
+			printf("} %d\n", out->rows[i].counters.injected == 1);
+		}
+	static const char *const states[] = { "protected", "unprotected", "not-affected",
+					      "unknown" };
+	prom_family("rekeyguard_processes", "gauge",
+		    "Inspected processes on this host in each state.");
+	for (size_t s = 0; s < sizeof states / sizeof states[0]; s++) {
+		size_t n = 0;
+		for (size_t i = 0; i < out->nrows; i++)
+			n += strcmp(out->rows[i].state, states[s]) == 0;
+		printf("rekeyguard_processes{state=\"%s\"} %zu\n", states[s], n);
+	}
+	prom_family("rekeyguard_scrape_success", "gauge",
+		    "1 when every process asked for could be inspected.");
+	printf("rekeyguard_scrape_success %d\n", status < 2);
+}
+
+static void output_free(struct output *out)
+{
+	for (size_t i = 0; i < out->nrows; i++) {
+		free(out->rows[i].pid);
+		free(out->rows[i].name);
+		free(out->rows[i].version);
+	}
+	free(out->rows);
+}
+
+/* --output FILE: standard output goes to a temporary file beside FILE,
+ * renamed over FILE once complete (node_exporter's textfile collector may
+ * read at any moment). Returns the temporary file's name, or NULL after
+ * an error message. */
+static char *output_to_file_begin(const char *file)
+{
+	char *tmp = xasprintf("%s.XXXXXX", file);
+	int fd = mkstemp(tmp);
+	if (fd < 0) {
+		fprintf(stderr, PROGRAM ": cannot create a temporary file beside %s: %s\n", file,
+			strerror(errno));
+		free(tmp);
+		return NULL;
+	}
+	if (fchmod(fd, 0644) != 0 || fflush(stdout) != 0 || dup2(fd, STDOUT_FILENO) < 0) {
+		fprintf(stderr, PROGRAM ": cannot write %s: %s\n", tmp, strerror(errno));
+		close(fd);
+		unlink(tmp);
+		free(tmp);
+		return NULL;
+	}
+	close(fd);
+	return tmp;
+}
+
+static bool output_to_file_end(char *tmp, const char *file)
+{
+	bool ok = fflush(stdout) == 0 && fsync(STDOUT_FILENO) == 0;
+	if (ok && rename(tmp, file) != 0)
+		ok = false;
+	if (!ok) {
+		fprintf(stderr, PROGRAM ": cannot write %s: %s\n", file, strerror(errno));
+		unlink(tmp);
+	}
+	free(tmp);
+	return ok;
 }
 
 static void report_free(struct report *r)
@@ -567,7 +746,7 @@ static void unprotected_advice(struct report *r, bool shim_mapped)
 				    "and preload it by file name, or set LD_PRELOAD in a wrapper "
 				    "labelled qemu_exec_t");
 	else if (strncmp(r->name, "qemu", 4) == 0)
-		r->advice = xstrdup("restart it through run-qemu-with-shim.sh (or a libvirt "
+		r->advice = xstrdup("restart it through run-qemu-with-shim (or a libvirt "
 				    "<emulator> wrapper); for this running QEMU, migrate with "
 				    "tls-creds-x509 priority=NORMAL:-AES-256-GCM:-AES-128-GCM:"
 				    "-AES-128-CCM (CHACHA20, slower)");
@@ -669,11 +848,26 @@ static int inspect(struct output *out, const char *pid_arg)
 	if (!gnutls_mapped) {
 		r.state = "not-affected";
 		r.advice = xstrdup("");
+	} else if (shim_mapped && strcmp(mode, "keyupdate") == 0 && r.version[0] != '\0' &&
+		   version_older(r.version, GNUTLS_KEYUPDATE_REWORK)) {
+		/* keyupdate mode serialises only the key changes, which is
+		 * enough from 3.8.11 on only (README: What each GnuTLS gets). */
+		r.state = "unprotected";
+		r.mode = "keyupdate";
+		status = 1;
+		r.advice = xasprintf("REKEYGUARD_MODE=keyupdate does not protect GnuTLS %s (older than "
+				     "%s: every call must be serialised); restart it without "
+				     "REKEYGUARD_MODE, or with REKEYGUARD_MODE=guard", r.version,
+				     GNUTLS_KEYUPDATE_REWORK);
 	} else if (shim_mapped && strcmp(mode, "off") != 0) {
 		r.state = "protected";
 		const char *level = guard_level(mode, r.version);
+		r.mode = strncmp(level, "key changes", 11) == 0 ? "keyupdate" : "guard";
 		struct rekeyguard_status counters;
-		if (read_counters(pid, &maps, r.library, &counters))
+		r.counters_ok = read_counters(pid, &maps, r.library, &counters);
+		if (r.counters_ok)
+			r.counters = counters;
+		if (r.counters_ok)
 			r.advice = xasprintf("%s; %s; sessions guarded so far: %" PRIu64 "; sessions in "
 					     "use but not guarded (created before the injection, or "
 					     "DTLS): %" PRIu64, level,
@@ -684,6 +878,7 @@ static int inspect(struct output *out, const char *pid_arg)
 			r.advice = xstrdup(level);
 	} else {
 		r.state = "unprotected";
+		r.mode = shim_mapped ? "off" : "none";
 		status = 1;
 		unprotected_advice(&r, shim_mapped);
 	}
@@ -782,11 +977,31 @@ int main(int argc, char **argv)
 {
 	struct output out = { .first = true };
 	bool all = false;
+	const char *output_file = NULL;
 	struct pid_list pids = { 0 };
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i];
-		if (strcmp(arg, "--json") == 0) {
-			out.json = true;
+		if (strcmp(arg, "--json") == 0 || strcmp(arg, "--prometheus") == 0) {
+			enum format f = arg[2] == 'j' ? FORMAT_JSON : FORMAT_PROMETHEUS;
+			if (out.format != FORMAT_TEXT && out.format != f) {
+				fprintf(stderr, PROGRAM ": --json and --prometheus exclude each other "
+					"(see --help)\n");
+				return 2;
+			}
+			out.format = f;
+		} else if (strcmp(arg, "--output") == 0 || strncmp(arg, "--output=", 9) == 0) {
+			if (arg[8] == '=') {
+				output_file = arg + 9;
+			} else if (i + 1 < argc) {
+				output_file = argv[++i];
+			} else {
+				fprintf(stderr, PROGRAM ": --output needs a FILE (see --help)\n");
+				return 2;
+			}
+			if (output_file[0] == '\0') {
+				fprintf(stderr, PROGRAM ": --output needs a FILE (see --help)\n");
+				return 2;
+			}
 		} else if (strcmp(arg, "--all") == 0) {
 			all = true;
 		} else if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
@@ -803,11 +1018,14 @@ int main(int argc, char **argv)
 		}
 	}
 
-	if (out.json)
+	char *tmp = NULL;
+	if (output_file != NULL && (tmp = output_to_file_begin(output_file)) == NULL)
+		return 2;
+	if (out.format == FORMAT_JSON)
 		putchar('[');
 	if (pids.n == 0)
 		default_pids(all, &pids);
-	if (pids.n == 0 && !out.json)
+	if (pids.n == 0 && out.format == FORMAT_TEXT)
 		puts(all ? "no process has libgnutls mapped" : "no QEMU processes found");
 
 	int status = 0;
@@ -818,8 +1036,13 @@ int main(int argc, char **argv)
 		free(pids.v[i]);
 	}
 	free(pids.v);
-	if (out.json)
+	if (out.format == FORMAT_JSON)
 		fputs("\n]\n", stdout);
+	else if (out.format == FORMAT_PROMETHEUS)
+		prometheus_print(&out, status);
+	output_free(&out);
+	if (tmp != NULL)
+		return output_to_file_end(tmp, output_file) ? status : 2;
 	if (fflush(stdout) != 0)
 		return 2;
 	return status;

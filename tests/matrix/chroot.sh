@@ -12,14 +12,17 @@
 # Environment:
 #   MATRIX_CACHE   cache directory (default /var/cache/rekeyguard-matrix)
 #   MATRIX_MIRROR  Debian mirror (default: the host's deb.debian.org URI)
+#   MATRIX_PKGS    packages debootstrap adds (comma-separated; default: the
+#                  build and test tools; empty: a bare minbase system)
 #
 # Needs root and debootstrap (installed with apt-get when missing).
 set -eu
 
 CACHE=${MATRIX_CACHE:-/var/cache/rekeyguard-matrix}
 MIRROR=${MATRIX_MIRROR:-http://deb.debian.org/debian}
-# What the chroot needs to build and run the shim and its test programs.
-PKGS="gcc,make,pkg-config,libc6-dev,libgnutls28-dev,check,binutils"
+# What the chroot needs to build and run the shim and its test programs;
+# MATRIX_PKGS="" gives a bare minbase system (the package test).
+PKGS=${MATRIX_PKGS-gcc,make,pkg-config,libc6-dev,libgnutls28-dev,check,binutils}
 
 die() { echo "chroot.sh: $*" >&2; exit 2; }
 
@@ -59,7 +62,7 @@ create)
 	fi
 	log=$CACHE/$suite.debootstrap.log
 	echo "chroot.sh: $suite: debootstrap --variant=minbase from $MIRROR (log $log)" >&2
-	if ! debootstrap --variant=minbase --include="$PKGS" "$suite" "$root" "$MIRROR" >"$log" 2>&1; then
+	if ! debootstrap --variant=minbase ${PKGS:+--include="$PKGS"} "$suite" "$root" "$MIRROR" >"$log" 2>&1; then
 		tail -n 20 "$log" >&2
 		die "$suite: debootstrap failed (full log: $log)"
 	fi

@@ -21,7 +21,10 @@ Protection kinds: "guard" (library, REKEYGUARD_MODE unset = auto), "off"
 (library loaded, REKEYGUARD_MODE=off: the unprotected stack, used with
 provocation to show the bug), "plain" (no library: the throughput baseline).
 
-Suites: "smoke" (a no-library baseline, guarded precopy and postcopy with
+Suites: "selftest" (rekeyguard-selftest: guarded precopy and postcopy with
+provoked key updates through the installed launcher; --control adds runs
+with the library switched off, whose failures are reported), "smoke" (a
+no-library baseline, guarded precopy and postcopy with
 provoked key updates, then unprotected runs whose failures are reported, not
 asserted), "soak" (no provocation: precopy until --soak-gb went over, past
 GnuTLS's automatic rekeys, which gdb counts with a breakpoint that never
@@ -710,6 +713,20 @@ def smoke_suite(opts):
     return suite
 
 
+def selftest_suite(opts):
+    """rekeyguard-selftest: what a fleet rollout checks after installing."""
+    n = opts.provoke
+    suite = [Scenario("guard-precopy", "guard", "precopy", n, opts.provoke_dst,
+                      run_seconds=opts.run_seconds),
+             Scenario("guard-postcopy", "guard", "postcopy", n, opts.provoke_dst,
+                      run_seconds=opts.run_seconds)]
+    for i in range(opts.unprotected_runs if opts.control else 0):
+        suite.append(Scenario("off-precopy-%d" % (i + 1), "off", "precopy", n, None,
+                              run_seconds=opts.run_seconds, timeout=opts.unprotected_timeout,
+                              expect_ok=False))
+    return suite
+
+
 def soak_suite(opts):
     return [Scenario("soak-%s-precopy" % opts.soak_protection, opts.soak_protection, "precopy",
                      None, None, until_bytes=int(opts.soak_gb * 1e9),
@@ -757,8 +774,13 @@ def fmt_result(r):
 
 
 def main():
+    global LAUNCHER
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", choices=["smoke", "soak", "bench"], default="smoke")
+    ap.add_argument("--suite", choices=["smoke", "soak", "bench", "selftest"], default="smoke")
+    ap.add_argument("--launcher", default=LAUNCHER,
+                    help="run-qemu-with-shim to start QEMU through (default: the source tree's)")
+    ap.add_argument("--control", action="store_true",
+                    help="selftest: also migrate with the library switched off (expected to fail)")
     ap.add_argument("--bench-rounds", type=int, default=3,
                     help="bench: rounds of plain / guarded / guarded+provoked precopy")
     ap.add_argument("--guest", required=True, help="guest kernel (build-guest.sh)")
@@ -796,13 +818,15 @@ def main():
     opts = ap.parse_args()
     if opts.provoke_dst == "":
         opts.provoke_dst = None
+    LAUNCHER = opts.launcher
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     os.makedirs(opts.workdir, exist_ok=True)
 
-    suite = {"smoke": smoke_suite, "soak": soak_suite, "bench": bench_suite}[opts.suite](opts)
+    suite = {"smoke": smoke_suite, "soak": soak_suite, "bench": bench_suite,
+             "selftest": selftest_suite}[opts.suite](opts)
     if opts.only:
         names = opts.only.split(",")
         suite = [s for s in suite if s.name in names]
