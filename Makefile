@@ -170,6 +170,7 @@ selftest-build: $(SELFTEST)
 $(SELFTEST_GUEST): tests/qemu/build-guest.sh tests/qemu/guest/boot.S tests/qemu/guest/guest.c tests/qemu/guest/guest.ld
 	@mkdir -p build
 	tests/qemu/build-guest.sh $@
+	strip $@        # shipped by make install: no symbols needed
 selftest: $(LIB) $(SELFTEST_GUEST)
 	@tests/ensure-deps.sh qemu-system-x86 gnutls-bin python3
 	selftest/rekeyguard-selftest.sh $(SELFTEST_ARGS)
@@ -198,7 +199,7 @@ install: $(LIB) $(INJECTOR) rekeyguard-status man $(SELFTEST)
 
 install-selftest: $(SELFTEST_GUEST)
 	install -d $(DESTDIR)$(PKGLIBDIR) $(DESTDIR)$(SBINDIR)
-	install -m 0644 tests/qemu/migrate.py tests/qemu/mkcerts.sh $(DESTDIR)$(PKGLIBDIR)/
+	install -m 0755 tests/qemu/migrate.py tests/qemu/mkcerts.sh $(DESTDIR)$(PKGLIBDIR)/
 	install -m 0644 $(SELFTEST_GUEST) $(DESTDIR)$(PKGLIBDIR)/guest.elf
 	sed -e 's|@PKGLIBDIR@|$(PKGLIBDIR)|' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|' \
 	    selftest/rekeyguard-selftest.sh > $(DESTDIR)$(SBINDIR)/rekeyguard-selftest
