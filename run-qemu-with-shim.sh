@@ -66,9 +66,9 @@ QEMU=/path in the configuration file (\$REKEYGUARD_QEMU_CONF, else
 rekeyguard-qemu.conf next to the launcher, else ${RG_CONF_DEFAULT};
 LIB=/path there picks the library) and passes every argument on.
 
-environment (read by the library): REKEYGUARD_MODE=auto|guard|off,
-REKEYGUARD_LOG=error|warn|info|debug, REKEYGUARD_PROVOKE_REKEY=N[:peer]
-(validation only). See README.md.
+environment (read by the library): REKEYGUARD_MODE=auto|guard|keyupdate|off,
+REKEYGUARD_LOG=error|warn|info|debug, REKEYGUARD_NOTICE=auto|on|off,
+REKEYGUARD_PROVOKE_REKEY=N[:peer] (validation only). See rekeyguard(7).
 EOF
 }
 

@@ -59,13 +59,21 @@ for suite in "$@"; do
 		ok "the libvirt emulator symlink: --rekeyguard-check" || { no "emulator --rekeyguard-check"; cat "$root/root/check.out"; }
 
 	t0=$(date +%s)
-	if inch rekeyguard-selftest > "$root.selftest" 2>&1; then
+	# Its work directory under /root (the chroot's /tmp is a tmpfs that goes
+	# with each command), kept so that a failure shows the QEMU logs.
+	if inch env TMPDIR=/root rekeyguard-selftest --keep > "$root.selftest" 2>&1; then
 		sed 's/^/       /' "$root.selftest"
 		ok "rekeyguard-selftest: PASS in $(( $(date +%s) - t0 )) s"
 	else
+		rc=$?
 		sed 's/^/       /' "$root.selftest"
-		no "rekeyguard-selftest (exit status $?)"
+		for f in "$root"/root/rekeyguard-selftest.*/runs/*/*.log; do
+			[ -e "$f" ] || continue
+			echo "       --- ${f#"$root"}"; tail -n 15 "$f" | sed 's/^/       /'
+		done
+		no "rekeyguard-selftest (exit status $rc)"
 	fi
+	rm -rf "$root"/root/rekeyguard-selftest.*
 
 	inch sh -c 'DEBIAN_FRONTEND=noninteractive apt-get purge -y -q rekeyguard >/root/purge.log 2>&1' &&
 		ok "apt purge rekeyguard" || no "apt purge rekeyguard"

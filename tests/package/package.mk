@@ -15,7 +15,7 @@ PACKAGE_SUITES ?= bookworm trixie
 .PHONY: deb deb-lint check-package
 
 deb:
-	@tests/ensure-deps.sh debhelper dpkg-dev scdoc libgnutls28-dev gcc make pkg-config git
+	@tests/ensure-deps.sh debhelper dpkg-dev build-essential scdoc libgnutls28-dev pkg-config git
 	rm -rf build/deb
 	mkdir -p build/deb/src
 	git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C build/deb/src

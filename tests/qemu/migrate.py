@@ -192,10 +192,22 @@ class Qemu:
         self.qmp = None
         try:
             self.qmp = Qmp(self.qmp_path, qmp_timeout)
-        except QmpError:
-            time.sleep(0.2)
-            raise QmpError("%s did not start (exit %s): %s" % (
-                name, self.proc.poll(), self.log_text()[-600:]))
+        except QmpError as first:
+            err = first
+            if self.proc.poll() is None:
+                # QEMU runs but its monitor handshake failed: once more, said
+                # in the log (seen once, on the first QEMU started in a
+                # fresh Debian 13 chroot: QEMU alive after 1 s, no output)
+                time.sleep(0.5)
+                try:
+                    self.qmp = Qmp(self.qmp_path, qmp_timeout)
+                    log("  %s: the first QMP handshake failed (%s); the second worked" % (name, first))
+                except QmpError as second:
+                    err = second
+            if self.qmp is None:
+                time.sleep(0.2)
+                raise QmpError("%s did not start (exit %s; %s): %s" % (
+                    name, self.proc.poll(), err, self.log_text()[-600:]))
 
     @property
     def pid(self):
