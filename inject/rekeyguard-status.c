@@ -37,6 +37,7 @@
 #include <limits.h>
 #include <spawn.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -593,6 +594,23 @@ static void prom_process_labels(const struct metric_row *m)
 	prom_label(m->name);
 }
 
+/* One family from the library's counters (the 64-bit word at `offset` in
+ * struct rekeyguard_status), a sample per process whose counters were read. */
+static void prom_counter_family(const struct output *out, const char *name, const char *type,
+				const char *help, size_t offset)
+{
+	prom_family(name, type, help);
+	for (size_t i = 0; i < out->nrows; i++) {
+		if (!out->rows[i].counters_ok)
+			continue;
+		uint64_t v;
+		memcpy(&v, (const char *)&out->rows[i].counters + offset, sizeof v);
+		fputs(name, stdout);
+		prom_process_labels(&out->rows[i]);
+		printf("} %" PRIu64 "\n", v);
+	}
+}
+
 /* Every metric of the Prometheus output, grouped by family (the text
  * format wants each family's samples together). */
 static void prometheus_print(const struct output *out, int status)
@@ -614,31 +632,16 @@ static void prometheus_print(const struct output *out, int status)
 		prom_label(m->counters_ok && m->counters.injected == 1 ? "1" : "0");
 		printf("} %d\n", strcmp(m->state, "protected") == 0);
 	}
-	prom_family("rekeyguard_process_sessions_guarded_total", "counter",
-		    "TLS sessions the library has guarded in the process since it was loaded.");
-	for (size_t i = 0; i < out->nrows; i++)
-		if (out->rows[i].counters_ok) {
-			fputs("rekeyguard_process_sessions_guarded_total", stdout);
-			prom_process_labels(&out->rows[i]);
-			printf("} %" PRIu64 "\n", out->rows[i].counters.guarded);
-		}
-	prom_family("rekeyguard_process_sessions_unguarded", "gauge",
-		    "Distinct sessions used but not guarded (created before an injection, or "
-		    "DTLS), counted up to 256.");
-	for (size_t i = 0; i < out->nrows; i++)
-		if (out->rows[i].counters_ok) {
-			fputs("rekeyguard_process_sessions_unguarded", stdout);
-			prom_process_labels(&out->rows[i]);
-			printf("} %" PRIu64 "\n", out->rows[i].counters.unguarded);
-		}
-	prom_family("rekeyguard_process_injected", "gauge",
-		    "1 when the library was loaded into the running process by rekeyguard-inject.");
-	for (size_t i = 0; i < out->nrows; i++)
-		if (out->rows[i].counters_ok) {
-			fputs("rekeyguard_process_injected", stdout);
-			prom_process_labels(&out->rows[i]);
-			printf("} %d\n", out->rows[i].counters.injected == 1);
-		}
+	prom_counter_family(out, "rekeyguard_process_sessions_guarded_total", "counter",
+			    "TLS sessions the library has guarded in the process since it was "
+			    "loaded.", offsetof(struct rekeyguard_status, guarded));
+	prom_counter_family(out, "rekeyguard_process_sessions_unguarded", "gauge",
+			    "Distinct sessions used but not guarded (created before an "
+			    "injection, or DTLS), counted up to 256.",
+			    offsetof(struct rekeyguard_status, unguarded));
+	prom_counter_family(out, "rekeyguard_process_injected", "gauge",
+			    "1 when the library was loaded into the running process by "
+			    "rekeyguard-inject.", offsetof(struct rekeyguard_status, injected));
 	static const char *const states[] = { "protected", "unprotected", "not-affected",
 					      "unknown" };
 	prom_family("rekeyguard_processes", "gauge",
