@@ -83,14 +83,19 @@ static void usage(void)
 
 /* ------------------------------------------------------------ small strings */
 
-static void *xmalloc(size_t n)
+static void *xrealloc(void *p, size_t n)
 {
-	void *p = malloc(n);
+	p = realloc(p, n);
 	if (p == NULL) {
 		fprintf(stderr, PROGRAM ": out of memory\n");
 		exit(2);
 	}
 	return p;
+}
+
+static void *xmalloc(size_t n)
+{
+	return xrealloc(NULL, n);
 }
 
 static char *xstrdup(const char *s)
@@ -527,12 +532,7 @@ static void report_print(struct output *out, const struct report *r)
 	if (out->format == FORMAT_PROMETHEUS) {
 		if (out->nrows == out->cap) {
 			out->cap = out->cap ? out->cap * 2 : 16;
-			struct metric_row *rows = realloc(out->rows, out->cap * sizeof *rows);
-			if (rows == NULL) {
-				fprintf(stderr, PROGRAM ": out of memory\n");
-				exit(2);
-			}
-			out->rows = rows;
+			out->rows = xrealloc(out->rows, out->cap * sizeof *out->rows);
 		}
 		out->rows[out->nrows++] = (struct metric_row){
 			xstrdup(r->pid), xstrdup(r->name), xstrdup(r->version), r->state,
@@ -724,16 +724,24 @@ static char *lower(const char *s)
 	return l;
 }
 
-/* What REKEYGUARD_MODE=auto (or the mode set) makes the library do. */
+/* The mode REKEYGUARD_MODE (lower case; auto when unset or not valid)
+ * makes the library run in: "keyupdate" or "guard" (also when the GnuTLS
+ * version could not be read). */
+static const char *guard_mode(const char *mode, const char *version)
+{
+	if (strcmp(mode, "keyupdate") == 0 || strcmp(mode, "guard") == 0)
+		return mode;
+	return version[0] != '\0' && !version_older(version, GNUTLS_KEYUPDATE_REWORK)
+		       ? "keyupdate" : "guard";
+}
+
+/* What that mode does, in words. */
 static const char *guard_level(const char *mode, const char *version)
 {
-	if (strcmp(mode, "keyupdate") == 0)
-		return "key changes serialised (GnuTLS 3.8.11+ handles the rest)";
-	if (strcmp(mode, "guard") == 0)
-		return "every GnuTLS call serialised";
-	if (version[0] == '\0')
+	bool set = strcmp(mode, "keyupdate") == 0 || strcmp(mode, "guard") == 0;
+	if (!set && version[0] == '\0')
 		return "guarding, level unknown (the GnuTLS version could not be read)";
-	if (!version_older(version, GNUTLS_KEYUPDATE_REWORK))
+	if (strcmp(guard_mode(mode, version), "keyupdate") == 0)
 		return "key changes serialised (GnuTLS 3.8.11+ handles the rest)";
 	return "every GnuTLS call serialised";
 }
@@ -865,18 +873,15 @@ static int inspect(struct output *out, const char *pid_arg)
 	} else if (shim_mapped && strcmp(mode, "off") != 0) {
 		r.state = "protected";
 		const char *level = guard_level(mode, r.version);
-		r.mode = strncmp(level, "key changes", 11) == 0 ? "keyupdate" : "guard";
-		struct rekeyguard_status counters;
-		r.counters_ok = read_counters(pid, &maps, r.library, &counters);
-		if (r.counters_ok)
-			r.counters = counters;
+		r.mode = guard_mode(mode, r.version);
+		r.counters_ok = read_counters(pid, &maps, r.library, &r.counters);
 		if (r.counters_ok)
 			r.advice = xasprintf("%s; %s; sessions guarded so far: %" PRIu64 "; sessions in "
 					     "use but not guarded (created before the injection, or "
 					     "DTLS): %" PRIu64, level,
-					     counters.injected == 1 ? "injected by rekeyguard-inject"
-								    : "preloaded",
-					     counters.guarded, counters.unguarded);
+					     r.counters.injected == 1 ? "injected by rekeyguard-inject"
+								      : "preloaded",
+					     r.counters.guarded, r.counters.unguarded);
 		else
 			r.advice = xstrdup(level);
 	} else {
@@ -913,12 +918,7 @@ static void pid_list_add(struct pid_list *l, const char *pid)
 {
 	if (l->n == l->cap) {
 		l->cap = l->cap ? l->cap * 2 : 64;
-		char **v = realloc(l->v, l->cap * sizeof *v);
-		if (v == NULL) {
-			fprintf(stderr, PROGRAM ": out of memory\n");
-			exit(2);
-		}
-		l->v = v;
+		l->v = xrealloc(l->v, l->cap * sizeof *l->v);
 	}
 	l->v[l->n++] = xstrdup(pid);
 }
