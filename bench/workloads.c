@@ -329,11 +329,17 @@ static double process_cpu_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Counter i's bytes so far. */
+static uint64_t counter_bytes(const struct traffic_plan *p, int i)
+{
+	return atomic_load_explicit(&p->counters[i].bytes, memory_order_relaxed);
+}
+
 static uint64_t counters_sum(const struct traffic_plan *p)
 {
 	uint64_t sum = 0;
 	for (int i = 0; i < p->ncounters; i++)
-		sum += atomic_load_explicit(&p->counters[i].bytes, memory_order_relaxed);
+		sum += counter_bytes(p, i);
 	return sum;
 }
 
@@ -341,7 +347,7 @@ static uint64_t tracked_value(const struct traffic_plan *p, int i)
 {
 	if (p->tracked_sum)
 		return counters_sum(p);
-	return atomic_load_explicit(&p->counters[p->tracked[i]].bytes, memory_order_relaxed);
+	return counter_bytes(p, p->tracked[i]);
 }
 
 static void report_traffic_error_if_any(void)
@@ -404,8 +410,7 @@ static struct window monitor(const struct traffic_plan *p, const struct bench_ru
 			opened = true;
 			open_bytes = counters_sum(p);
 			for (int i = 0; i < 2 && i < p->ncounters; i++)
-				open_flow[i] = atomic_load_explicit(&p->counters[i].bytes,
-								    memory_order_relaxed);
+				open_flow[i] = counter_bytes(p, i);
 			open_ns = now;
 			open_cpu = process_cpu_seconds();
 		}
@@ -413,8 +418,7 @@ static struct window monitor(const struct traffic_plan *p, const struct bench_ru
 			closed = true;
 			w.bytes = counters_sum(p) - open_bytes;
 			for (int i = 0; i < 2 && i < p->ncounters; i++)
-				w.flow_bytes[i] = atomic_load_explicit(&p->counters[i].bytes,
-								       memory_order_relaxed) - open_flow[i];
+				w.flow_bytes[i] = counter_bytes(p, i) - open_flow[i];
 			w.cpu_seconds = process_cpu_seconds() - open_cpu;
 			w.seconds = (double)(now - open_ns) / 1e9;
 			w.end_ns = now;
@@ -509,11 +513,17 @@ static void ticks_alloc(const struct bench_run_opts *o)
 	ticks.latency_ns = calloc(ticks.cap, sizeof *ticks.latency_ns);
 }
 
+/* The two directions of d and dl apart: counter 0 is server to client
+ * (the probe's direction in dl), counter 1 client to server. */
+static void print_flows(const struct window *w)
+{
+	printf(" s2c_mbs=%.1f c2s_mbs=%.1f", (double)w->flow_bytes[0] / w->seconds / 1e6,
+	       (double)w->flow_bytes[1] / w->seconds / 1e6);
+}
+
 /* The RESULT line with the tick latencies: messages due inside the window;
  * one not received by now counts with its age so far (a lower bound of its
- * real latency). */
-/* duplex: also the two directions apart (d, dl: counter 0 is server to
- * client, the probe's direction, counter 1 client to server). */
+ * real latency). duplex: with print_flows. */
 static void print_with_latency(const struct bench_run_opts *o, uint64_t start,
 			       const struct window *w, bool duplex)
 {
@@ -536,8 +546,7 @@ static void print_with_latency(const struct bench_run_opts *o, uint64_t start,
 	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f lat_n=%zu late=%zu",
 	       (double)w->bytes / w->seconds / 1e6, (double)w->bytes / w->cpu_seconds / 1e6, n, late);
 	if (duplex)
-		printf(" s2c_mbs=%.1f c2s_mbs=%.1f", (double)w->flow_bytes[0] / w->seconds / 1e6,
-		       (double)w->flow_bytes[1] / w->seconds / 1e6);
+		print_flows(w);
 	print_result_tail();
 	for (size_t i = 0; i < n; i++)
 		printf("%s%llu%s", i % 16 == 0 ? "LAT " : "", (unsigned long long)lat[i],
@@ -603,11 +612,9 @@ static void workload_duplex(const struct bench_run_opts *o, bool probe)
 		finish_stalled(&w);
 	if (probe)
 		print_with_latency(o, start, &w, true);
-	/* The two directions apart: server to client (the probe's direction
-	 * in dl) and client to server. */
-	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f s2c_mbs=%.1f c2s_mbs=%.1f",
-	       (double)w.bytes / w.seconds / 1e6, (double)w.bytes / w.cpu_seconds / 1e6,
-	       (double)w.flow_bytes[0] / w.seconds / 1e6, (double)w.flow_bytes[1] / w.seconds / 1e6);
+	printf("RESULT status=ok value=%.1f unit=MB/s per_cpu=%.1f",
+	       (double)w.bytes / w.seconds / 1e6, (double)w.bytes / w.cpu_seconds / 1e6);
+	print_flows(&w);
 	print_result_tail();
 	fflush(stdout);
 	_exit(0);

@@ -192,13 +192,9 @@ void rg_session_lock_turn_at(struct rg_session *s, bool may_yield, bool counted,
 	if (err != EBUSY)
 		rg_lock_check(err, "trylock", "session", caller, line);
 	if (!counted) {
-		struct timespec until;
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_nsec += RG_TURN_AFTER_NS;
-		if (until.tv_nsec >= 1000000000L) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
+		uint64_t deadline = rg_monotonic_ns() + RG_TURN_AFTER_NS;
+		struct timespec until = { (time_t)(deadline / 1000000000u),
+					  (long)(deadline % 1000000000u) };
 		err = pthread_mutex_clocklock(&s->lock, CLOCK_MONOTONIC, &until);
 		if (err == 0) {
 			RG_DEBUG_LOCKED(s, caller, line);
