@@ -16,7 +16,9 @@
 # else rekeyguard-qemu.conf next to the launcher, else
 # /etc/rekeyguard/qemu.conf (libvirt clears the environment of the QEMU it
 # starts, so the file is what works there). There, --rekeyguard-check as the only argument does
-# what --check does.
+# what --check does. The file may also set the library's REKEYGUARD_MODE,
+# REKEYGUARD_LOG, REKEYGUARD_NOTICE and REKEYGUARD_PROVOKE_REKEY for the
+# QEMU it starts (the environment, where it reaches the launcher, wins).
 #
 # Exit status: QEMU's, or 125 when the launcher itself fails (bad option,
 # library missing or unreadable, no real QEMU configured).
@@ -65,6 +67,9 @@ libvirt <emulator>, it execs the QEMU named by \$REKEYGUARD_QEMU or by
 QEMU=/path in the configuration file (\$REKEYGUARD_QEMU_CONF, else
 rekeyguard-qemu.conf next to the launcher, else ${RG_CONF_DEFAULT};
 LIB=/path there picks the library) and passes every argument on.
+The configuration file may also set REKEYGUARD_MODE, REKEYGUARD_LOG,
+REKEYGUARD_NOTICE and REKEYGUARD_PROVOKE_REKEY for QEMU (the environment
+wins over the file).
 
 environment (read by the library): REKEYGUARD_MODE=auto|guard|keyupdate|off,
 REKEYGUARD_LOG=error|warn|info|debug, REKEYGUARD_NOTICE=auto|on|off,
@@ -75,6 +80,7 @@ EOF
 # ---- configuration file: KEY=VALUE lines, '#' comments, never sourced ----
 rg_conf_qemu=
 rg_conf_lib=
+rg_conf_vars=   # the library's settings found in the file, exported below
 rg_trim() {   # sets rg_trimmed to $1 without leading and trailing blanks
 	rg_trimmed=${1#"${1%%[![:space:]]*}"}
 	rg_trimmed=${rg_trimmed%"${rg_trimmed##*[![:space:]]}"}
@@ -99,7 +105,17 @@ rg_read_conf() {
 		case $rg_key in
 		QEMU) rg_conf_qemu=$rg_val ;;
 		LIB) rg_conf_lib=$rg_val ;;
-		*) rg_say "$rg_prog: $rg_conf_file: unknown setting '$rg_key' ignored (known: QEMU, LIB)" ;;
+		REKEYGUARD_MODE|REKEYGUARD_LOG|REKEYGUARD_NOTICE|REKEYGUARD_PROVOKE_REKEY)
+			# the environment wins, a later line over an earlier one;
+			# the library validates the value
+			eval "rg_set=\${$rg_key+set}"
+			case " $rg_conf_vars " in *" $rg_key "*) rg_set= ;; esac
+			if [ -z "$rg_set" ]; then
+				eval "$rg_key=\$rg_val"
+				export "$rg_key"
+				case " $rg_conf_vars " in *" $rg_key "*) ;; *) rg_conf_vars="$rg_conf_vars $rg_key" ;; esac
+			fi ;;
+		*) rg_say "$rg_prog: $rg_conf_file: unknown setting '$rg_key' ignored (known: QEMU, LIB, REKEYGUARD_MODE, REKEYGUARD_LOG, REKEYGUARD_NOTICE, REKEYGUARD_PROVOKE_REKEY)" ;;
 		esac
 	done < "$rg_conf_file"
 }
@@ -231,6 +247,13 @@ rg_version_lt() {   # $1 < $2 for x.y.z
 	return 1
 }
 
+rg_origin() {   # where the library setting $1 came from
+	case " $rg_conf_vars " in
+	*" $1 "*) printf '%s' "$rg_conf_file" ;;
+	*) printf 'the environment' ;;
+	esac
+}
+
 rg_do_check() {
 	rg_qemu_path=$rg_qemu
 	case $rg_qemu in */*) ;; *) rg_qemu_path=$(command -v "$rg_qemu" 2>/dev/null) ;; esac
@@ -254,7 +277,7 @@ rg_do_check() {
 	printf 'QEMU GnuTLS:  %s (%s)\n' "$rg_gnutls" "${rg_gv:-version unknown}"
 	rg_mode=$(printf '%s' "${REKEYGUARD_MODE:-auto}" | tr 'A-Z' 'a-z')
 	case $rg_mode in
-	auto|guard|keyupdate|off) printf 'mode:         %s%s\n' "$rg_mode" "${REKEYGUARD_MODE:+ (REKEYGUARD_MODE)}" ;;
+	auto|guard|keyupdate|off) printf 'mode:         %s%s\n' "$rg_mode" "${REKEYGUARD_MODE:+ (REKEYGUARD_MODE from $(rg_origin REKEYGUARD_MODE))}" ;;
 	*) printf "mode:         auto (REKEYGUARD_MODE='%s' is not valid; the library uses auto)\n" "$REKEYGUARD_MODE"
 	   rg_mode=auto ;;
 	esac
@@ -272,7 +295,7 @@ rg_do_check() {
 		fi ;;
 	esac
 	[ -n "${REKEYGUARD_PROVOKE_REKEY-}" ] &&
-		printf 'provocation:  REKEYGUARD_PROVOKE_REKEY=%s (validation only, not for production)\n' "$REKEYGUARD_PROVOKE_REKEY"
+		printf 'provocation:  REKEYGUARD_PROVOKE_REKEY=%s from %s (validation only, not for production)\n' "$REKEYGUARD_PROVOKE_REKEY" "$(rg_origin REKEYGUARD_PROVOKE_REKEY)"
 	return $rg_status
 }
 

@@ -118,6 +118,22 @@ mkdir "$T/emu3"; cp "$LAUNCHER" "$T/emu3/qemu-system-x86_64"
 printf 'QEMU=%s\nLIB=%s\n' "$T/fake-qemu" "$LIB" > "$T/emu3/rekeyguard-qemu.conf"
 env -u REKEYGUARD_QEMU_CONF "$T/emu3/qemu-system-x86_64" -S >"$T/run.out" 2>&1
 check "emulator mode: rekeyguard-qemu.conf next to the launcher" sh -c "grep -qx 'arg=\[-S\]' '$T/run.out' && grep -qx 'preload=$LIB' '$T/run.out'"
+# the library's settings from the file reach QEMU; the environment wins
+printf '#!/bin/sh\necho "mode=${REKEYGUARD_MODE-unset} provoke=${REKEYGUARD_PROVOKE_REKEY-unset} log=${REKEYGUARD_LOG-unset}"\n' > "$T/env-qemu"
+chmod +x "$T/env-qemu"
+printf 'QEMU=%s\nREKEYGUARD_MODE=guard\nREKEYGUARD_PROVOKE_REKEY = "1000"\nREKEYGUARD_MODE=off\n' "$T/env-qemu" > "$T/qemu4.conf"
+REKEYGUARD_QEMU_CONF="$T/qemu4.conf" "$T/emu/qemu-system-x86_64" >"$T/run.out" 2>&1
+check "emulator mode: REKEYGUARD_* from the file reach QEMU (a later line wins)" grep -qx 'mode=off provoke=1000 log=unset' "$T/run.out"
+REKEYGUARD_MODE=guard REKEYGUARD_QEMU_CONF="$T/qemu4.conf" "$T/emu/qemu-system-x86_64" >"$T/run.out" 2>&1
+check "emulator mode: the environment wins over the file" grep -qx 'mode=guard provoke=1000 log=unset' "$T/run.out"
+if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+	sed "s|^QEMU=.*|QEMU=$(command -v qemu-system-x86_64)|" "$T/qemu4.conf" > "$T/qemu6.conf"
+	REKEYGUARD_QEMU_CONF="$T/qemu6.conf" "$T/emu/qemu-system-x86_64" --rekeyguard-check >"$T/run.out" 2>&1
+	check "emulator mode: --rekeyguard-check names the file as the settings' origin" sh -c "grep -qx 'mode: *off (REKEYGUARD_MODE from $T/qemu6.conf)' '$T/run.out' && grep -q '^provocation: *REKEYGUARD_PROVOKE_REKEY=1000 from $T/qemu6.conf' '$T/run.out'"
+fi
+printf 'QEMU=%s\nREKEYGUARD_BOGUS=1\n' "$T/env-qemu" > "$T/qemu5.conf"
+REKEYGUARD_QEMU_CONF="$T/qemu5.conf" "$T/emu/qemu-system-x86_64" >"$T/run.out" 2>"$T/run.err"
+check "emulator mode: an unknown setting gives one rekeyguard: line naming the known ones" sh -c "test \$(wc -l < '$T/run.err') = 1 && grep -q \"^rekeyguard: .*unknown setting 'REKEYGUARD_BOGUS' ignored (known: QEMU, LIB, REKEYGUARD_MODE\" '$T/run.err' && grep -qx 'mode=unset provoke=unset log=unset' '$T/run.out'"
 export FAKE_QEMU_MARK="$T/started"
 expect_refusal "emulator mode without a configured QEMU: error" "$T/emu/qemu-system-x86_64" -S
 expect_refusal "emulator mode pointing at itself: error" env REKEYGUARD_QEMU="$T/emu/qemu-system-x86_64" "$T/emu/qemu-system-x86_64" -S
