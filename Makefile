@@ -230,6 +230,14 @@ qemu-bench: $(LIB)      # migration throughput and CPU per GB, with and without
 	tests/qemu/smoke.sh --bench
 qemu-libvirt: $(LIB)    # libvirt examples: schemas, AppArmor syntax, embedded-driver start
 	tests/qemu/libvirt-test.sh
+# Two libvirt hosts (network/mount/UTS namespaces, own libvirtd each) on
+# this machine: virsh migrate --live --p2p --tls, launcher as <emulator>.
+# Root only. The quick form (one precopy each way, ~75 s) runs in CI.
+.PHONY: libvirt-migrate libvirt-migrate-quick
+libvirt-migrate: $(LIB)          # precopy and postcopy both ways, library off, ~2 min
+	tests/qemu/libvirt-migrate.sh
+libvirt-migrate-quick: $(LIB)    # one precopy each way, library off once
+	tests/qemu/libvirt-migrate.sh --quick
 
 include tests/matrix/matrix.mk
 include inject/inject.mk

@@ -1,10 +1,12 @@
 #!/bin/sh
-# mkcerts.sh DIR — a throw-away CA plus server and client certificates for
-# QEMU's tls-creds-x509 (dir=DIR holds ca-cert.pem, server-cert.pem,
-# server-key.pem, client-cert.pem, client-key.pem), made with certtool
-# (gnutls-bin). The server certificate names localhost and 127.0.0.1 only.
+# mkcerts.sh DIR [NAME...] — a throw-away CA plus server and client
+# certificates for QEMU's tls-creds-x509 (dir=DIR holds ca-cert.pem,
+# server-cert.pem, server-key.pem, client-cert.pem, client-key.pem), made
+# with certtool (gnutls-bin). The server certificate names localhost,
+# 127.0.0.1 and each NAME (a host name, or an IPv4 address).
 set -eu
-dir=${1:?usage: mkcerts.sh DIR}
+dir=${1:?usage: mkcerts.sh DIR [NAME...]}
+shift
 mkdir -p "$dir"
 cd "$dir"
 cat > ca.info <<'T'
@@ -23,6 +25,12 @@ encryption_key
 signing_key
 expiration_days = 7
 T
+for name in "$@"; do
+	case $name in
+	*[!0-9.]*) echo "dns_name = $name" ;;
+	*) echo "ip_address = $name" ;;
+	esac
+done >> server.info
 cat > client.info <<'T'
 organization = rekeyguard qemu-smoke
 cn = rekeyguard-qemu-smoke-client
