@@ -112,6 +112,7 @@ rg_read_conf() {
 			case " $rg_conf_vars " in *" $rg_key "*) rg_set= ;; esac
 			if [ -z "$rg_set" ]; then
 				eval "$rg_key=\$rg_val"
+				# shellcheck disable=SC2163  # exports the variable rg_key names
 				export "$rg_key"
 				case " $rg_conf_vars " in *" $rg_key "*) ;; *) rg_conf_vars="$rg_conf_vars $rg_key" ;; esac
 			fi ;;
