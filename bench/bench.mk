@@ -26,7 +26,7 @@ BENCH_PRELOADS = bench/libnaivelock.so bench/libqemustyle.so
 # The top Makefile, for the recursive make that builds after deps-build.
 BENCH_TOP_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 
-.PHONY: bench bench-smoke bench-build bench-clean bench-profile
+.PHONY: bench bench-smoke bench-build bench-clean bench-profile bench-offcpu
 
 bench-build: $(LIB) $(BENCH_PROG) $(BENCH_PRELOADS)
 
@@ -55,6 +55,16 @@ bench-smoke: deps-build
 # library is built once more without LTO, for the per-file split.
 bench/librekeyguard-nolto.so: $(SHIM_COMMON_SRCS) shim/late-load-x86_64.c shim/late-load-stub.c $(SHIM_HDRS) shim/exports.map
 	$(call link_shim,$(CC),$(SHIM_CFLAGS),$@)
+
+# Where each thread waits, plain against rekeyguard: an off-CPU profile
+# (perf sched_switch call chains) of the latency workloads, root only
+# (bench/offcpu.py, ~1 min per workload): bench/results/offcpu-W.md.
+BENCH_OFFCPU_WORKLOADS ?= cf c dl
+.PHONY: bench-offcpu
+bench-offcpu: deps-build
+	@tests/ensure-deps.sh linux-perf python3
+	@$(MAKE) -s --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-build
+	for w in $(BENCH_OFFCPU_WORKLOADS); do bench/offcpu.py --workload $$w || exit 1; done
 
 bench-profile: deps-build
 	@tests/ensure-deps.sh valgrind

@@ -50,6 +50,13 @@ struct counter {
 
 enum role { ROLE_BULK_SEND, ROLE_BULK_RECV, ROLE_SMALL_SEND, ROLE_TICK_SEND, ROLE_TICK_RECV,
 	    ROLE_MIXED_SEND, ROLE_MIXED_RECV };
+/* Thread names (perf, gdb, bench/offcpu.sh), by role. */
+static const char *const role_names[] = {
+	[ROLE_BULK_SEND] = "bulk-send", [ROLE_BULK_RECV] = "bulk-recv",
+	[ROLE_SMALL_SEND] = "small-send", [ROLE_TICK_SEND] = "tick-send",
+	[ROLE_TICK_RECV] = "tick-recv", [ROLE_MIXED_SEND] = "mixed-send",
+	[ROLE_MIXED_RECV] = "mixed-recv",
+};
 
 struct traffic_thread {
 	gnutls_session_t session;
@@ -212,6 +219,7 @@ static void *traffic_main(void *arg)
 	struct traffic_thread *t = arg;
 	int ret = 0;
 
+	pthread_setname_np(pthread_self(), role_names[t->role]);
 	if (t->handshake_client || t->handshake_server) {
 		do {
 			ret = gnutls_handshake(t->session);
