@@ -21,7 +21,8 @@
 # QEMU it starts (the environment, where it reaches the launcher, wins).
 #
 # Exit status: QEMU's, or 125 when the launcher itself fails (bad option,
-# library missing or unreadable, no real QEMU configured).
+# library missing or unreadable, no real QEMU configured), or the shell's
+# 126/127 when the exec of QEMU itself fails.
 # POSIX sh. Starting QEMU runs no other program (readlink only when the
 # launcher is a symlink), so a confined launcher (AppArmor, SELinux) needs
 # nothing but its shell; --check also uses ldd, sed, cut, grep, dpkg-query
@@ -56,8 +57,9 @@ migration, NBD, VNC and chardev TLS survive TLS 1.3 key updates. QEMU
 replaces this script (exec): PID, signals, stdio and exit status are QEMU's.
 
 options:
-  --lib PATH   use this librekeyguard.so (default: next to this script,
-               then ${RG_LIBDIR:-the install directory})
+  --lib PATH   use this librekeyguard.so (default: LIB= in the
+               configuration file, else next to this script or its symlink
+               target, else ${RG_LIBDIR:-the install directory})
   --check      print what would run, which library, which GnuTLS the QEMU
                binary links and whether guarding would activate; run nothing
   --help       this text
@@ -315,5 +317,6 @@ case ${REKEYGUARD_LOG-} in
 esac
 LD_PRELOAD=$rg_preload
 export LD_PRELOAD
+# A failed exec ends the shell itself (126: not executable, e.g. a wrong
+# format; 127: not found), as env(1) does; nothing after this line runs.
 exec "$rg_qemu" "$@"
-rg_die "cannot execute $rg_qemu"

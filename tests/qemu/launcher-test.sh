@@ -98,6 +98,12 @@ else
 fi
 check "uninstalled launcher ignores the placeholder" sh -c "'$LAUNCHER' --check '$T/fake-qemu' | grep -q 'next to the launcher'"
 
+# a QEMU that passes the checks but cannot be executed: the shell's 126
+printf '\177ELF but not a program' > "$T/bad-format"   # binary: no shell fallback
+chmod +x "$T/bad-format"
+"$LAUNCHER" "$T/bad-format" >"$T/run.out" 2>&1
+rc=$?
+check "exec failure: the shell's status 126, as env(1)" test "$rc" = 126
 # libvirt <emulator> mode: installed under a QEMU-like name
 mkdir "$T/emu"
 cp "$LAUNCHER" "$T/emu/qemu-system-x86_64"
