@@ -48,21 +48,18 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+# the guest's status block and the library's log lines, as the QMP tests read them
+from migrate import KEY_UPDATE_RE, NOTICE, STATUS_ADDR, STATUS_KEYS, STATUS_MAGIC  # noqa: E402
 
-NOTICE = "rekeyguard: guarding TLS 1.3 sessions against the key-update race"
-KEY_UPDATE_RE = re.compile(r"rekeyguard: provoked key update: (-?\d+)")
 LOG_HEADER_RE = re.compile(r"starting up libvirt version")
 DOMAIN = "rekeyguard-migrate"
 EMULATOR = "/usr/local/libexec/rekeyguard/qemu-system-x86_64"
+# each host's daemons, pid files in its own /run
+VIRTLOGD = ["virtlogd", "--pid-file", "/run/virtlogd.pid"]
+LIBVIRTD = ["libvirtd", "--listen", "--pid-file", "/run/libvirtd.pid"]
 GUEST_PATH = "/var/lib/libvirt/images/rekeyguard-guest.elf"
 PKI = "/etc/pki/libvirt-migrate"     # libvirt's default migrate_tls_x509_cert_dir
-STATUS_ADDR = 0x00180000
-STATUS_MAGIC = 0x31474752
-STATUS_KEYS = ["magic", "version", "passes", "page", "errors", "static_rounds",
-               "static_errors", "dirty_base", "dirty_pages", "ram_top",
-               "first_bad_addr", "first_bad_expected", "first_bad_found",
-               "fault", "ticks", "sleep_ticks"]
-
 T0 = time.monotonic()
 
 
@@ -140,9 +137,8 @@ class Host:
         for d in ("var-lib-libvirt", "var-log-libvirt", "var-cache-libvirt"):
             src = "/" + d.replace("-", "/", 2)
             run(["cp", "-a", src, self.path(d)])
-        for sub in ("var-log-libvirt/qemu",):
-            for f in os.listdir(self.path(sub)):
-                os.unlink(self.path(sub, f))
+        for f in os.listdir(self.path("var-log-libvirt/qemu")):   # the host's own domains' logs
+            os.unlink(self.path("var-log-libvirt/qemu", f))
         kernel = self.path("var-lib-libvirt", GUEST_PATH[len("/var/lib/libvirt/"):])
         shutil.copy(guest, kernel)
         os.chmod(kernel, 0o644)
@@ -181,12 +177,14 @@ class Host:
         for m in mounts:
             self.sh(m)
 
-    def start_daemons(self):
-        logs = open(self.path("daemons.out"), "a")
-        for cmd in (["virtlogd", "--pid-file", "/run/virtlogd.pid"],
-                    ["libvirtd", "--listen", "--pid-file", "/run/libvirtd.pid"]):
+    def spawn(self, cmd):
+        with open(self.path("daemons.out"), "a") as logs:
             self.daemons.append(subprocess.Popen(self.ns(cmd), stdout=logs, stderr=logs,
                                                  preexec_fn=os.setsid))
+
+    def start_daemons(self):
+        self.spawn(VIRTLOGD)
+        self.spawn(LIBVIRTD)
 
     def wait_daemons(self):
         deadline = time.monotonic() + 30
@@ -209,10 +207,7 @@ class Host:
         d = self.daemons.pop()          # libvirtd, started last
         os.killpg(d.pid, signal.SIGKILL)
         d.wait()
-        logs = open(self.path("daemons.out"), "a")
-        self.daemons.append(subprocess.Popen(
-            self.ns(["libvirtd", "--listen", "--pid-file", "/run/libvirtd.pid"]),
-            stdout=logs, stderr=logs, preexec_fn=os.setsid))
+        self.spawn(LIBVIRTD)
         self.wait_daemons()
 
     def qemu_pid(self):
@@ -391,7 +386,7 @@ def migrate(src, dst, variant, opts, protected):
     proc = subprocess.Popen(src.ns(["virsh", "-c", "qemu:///system"] + cmd),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, preexec_fn=os.setsid)
-    switched = None
+    switched = False
     deadline = t0 + opts.migrate_timeout
     running = {}      # the job's figures while it runs (a transient source forgets them)
     while proc.poll() is None:
@@ -399,9 +394,9 @@ def migrate(src, dst, variant, opts, protected):
         if ji.get("Data processed"):
             running = ji
         now = time.monotonic()
-        if variant == "postcopy" and switched is None and now - t0 >= opts.postcopy_after:
+        if variant == "postcopy" and not switched and now - t0 >= opts.postcopy_after:
             p = src.virsh("migrate-postcopy", DOMAIN, check=False, timeout=30)
-            switched = time.monotonic() - t0
+            switched = True
             if p.returncode != 0:
                 fail("migrate-postcopy", p.stdout.strip())
         if now > deadline:
@@ -412,8 +407,6 @@ def migrate(src, dst, variant, opts, protected):
         time.sleep(0.2)
     out = proc.communicate()[0]
     res["seconds"] = round(time.monotonic() - t0, 1)
-    res["virsh_rc"] = proc.returncode
-    res["switched_at"] = switched
     if proc.returncode != 0 and res["failure"] is None:
         fail("virsh-migrate", out.strip().splitlines()[-1] if out.strip() else "exit %s" % proc.returncode)
     res["caps"] = caps_from_libvirtd_log(src, since) or caps_from_libvirtd_log(dst, dst_since)
@@ -421,7 +414,6 @@ def migrate(src, dst, variant, opts, protected):
     # a transient domain's completed job vanishes with it on the source
     ji = (jobinfo(src) if proc.returncode == 0 else {}) or running
     res["bytes"] = ji.get("Data processed") or "?"
-    res["jobinfo"] = ji
 
     # the destination runs the guest on, and its self-checks stay clean
     time.sleep(0.5)
@@ -457,7 +449,6 @@ def migrate(src, dst, variant, opts, protected):
 
     res["key_updates"] = {"src": len(KEY_UPDATE_RE.findall(src_text)),
                           "dst": len(KEY_UPDATE_RE.findall(dst_text))}
-    res["key_update_errors"] = [int(r) for r in KEY_UPDATE_RE.findall(src_text + dst_text) if int(r) < 0]
     if protected:
         for who, text in (("source", src_text), ("destination", dst_text)):
             if NOTICE not in text:
@@ -468,7 +459,6 @@ def migrate(src, dst, variant, opts, protected):
     if dst_pid:
         st = dst.rekeyguard_status(dst_pid)
         res["status_dst"] = st.get("state")
-        res["sessions_guarded"] = st.get("sessions_guarded")
         if st.get("state") != want:
             fail("status-dst", "rekeyguard-status on %s said %r for the destination QEMU %s, "
                  "want %s" % (dst.hostname, st.get("state"), dst_pid, want))

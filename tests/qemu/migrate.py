@@ -70,6 +70,10 @@ FAILURE_PATTERNS = [
 STATUS_ADDR = 0x00180000
 STATUS_FMT = "<16I"
 STATUS_MAGIC = 0x31474752
+STATUS_KEYS = ["magic", "version", "passes", "page", "errors", "static_rounds",
+               "static_errors", "dirty_base", "dirty_pages", "ram_top",
+               "first_bad_addr", "first_bad_expected", "first_bad_found",
+               "fault", "ticks", "sleep_ticks"]   # guest/guest.c's status block
 RAM_MB = 512
 GIB = 1 << 30
 RECORDS_PER_AUTO_REKEY = (1 << 24) - 3   # GnuTLS: seq & 0xffffff == 0xfffffd
@@ -247,11 +251,7 @@ class Qemu:
         self.qmp.cmd("pmemsave", timeout=10, val=STATUS_ADDR, size=64, filename=path)
         with open(path, "rb") as f:
             v = struct.unpack(STATUS_FMT, f.read(64))
-        keys = ["magic", "version", "passes", "page", "errors", "static_rounds",
-                "static_errors", "dirty_base", "dirty_pages", "ram_top",
-                "first_bad_addr", "first_bad_expected", "first_bad_found",
-                "fault", "ticks", "sleep_ticks"]
-        return dict(zip(keys, v))
+        return dict(zip(STATUS_KEYS, v))
 
     def ram_sha256(self, path, ram_top):
         """sha256 of guest RAM from 1 MiB to ram_top (no legacy VGA/ROM hole)."""
