@@ -34,18 +34,10 @@ fi
 "$TOP/tests/ensure-deps.sh" libvirt-daemon-system libvirt-clients qemu-system-x86 gnutls-bin \
 	iproute2 util-linux gcc binutils python3 make pkg-config libgnutls28-dev scdoc
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/rekeyguard-libvirt-migrate.XXXXXX")
+# shellcheck source=SCRIPTDIR/workdir.sh
+. "$HERE/workdir.sh"
+rg_workdir rekeyguard-libvirt-migrate "libvirt-migrate.sh: hosts and logs"
 chmod 755 "$work"
-status=1
-cleanup() {
-	if [ "$status" = 0 ] && [ "${RG_QEMU_KEEP:-0}" != 1 ]; then
-		rm -rf "$work"
-	else
-		echo "libvirt-migrate.sh: hosts and logs kept in $work"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
 
 # rekeyguard as an operator installs it, into a staging root both hosts see
 # as /usr/local

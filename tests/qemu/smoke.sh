@@ -41,17 +41,9 @@ done
 "$TOP/tests/ensure-deps.sh" qemu-system-x86 gnutls-bin gcc binutils python3 make
 [ -r "$TOP/librekeyguard.so" ] || make -s -C "$TOP" librekeyguard.so
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/rekeyguard-qemu.XXXXXX")
-status=1
-cleanup() {
-	if [ "$status" = 0 ] && [ "${RG_QEMU_KEEP:-0}" != 1 ]; then
-		rm -rf "$work"
-	else
-		echo "smoke.sh: logs kept in $work"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+# shellcheck source=SCRIPTDIR/workdir.sh
+. "$HERE/workdir.sh"
+rg_workdir rekeyguard-qemu "smoke.sh: logs"
 
 start=$(date +%s)
 if [ "$suite" = smoke ]; then
