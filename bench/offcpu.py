@@ -83,7 +83,7 @@ def parse(data):
         if ev is None:
             return
         tid, t, reason, comm = ev
-        out_at[tid] = (t, reason, comm)
+        out_at[tid] = (t, reason or "other", comm)   # a chain naming no known wait
 
     for line in p.stdout.splitlines():
         m = EVENT.match(line)
@@ -121,17 +121,6 @@ def parse(data):
     return total, count, waits, (last - first) if first is not None else 0.0
 
 
-def fix_unknown(total, count):
-    """Waits whose chain named nothing known are 'other'."""
-    t2 = collections.defaultdict(float)
-    c2 = collections.defaultdict(int)
-    for (comm, reason), v in total.items():
-        key = (comm, reason or "other")
-        t2[key] += v
-        c2[key] += count[(comm, reason)]
-    return t2, c2
-
-
 def result_field(result, key):
     m = re.search(r"\b%s=(\S+)" % re.escape(key), result)
     return m.group(1) if m else None
@@ -155,7 +144,6 @@ def main():
         for name, preload in configs:
             data, result = record(opts.out, name, preload, opts.workload, opts.seconds)
             total, count, waits, span = parse(data)
-            total, count = fix_unknown(total, count)
             os.unlink(data)
             acc = pooled[name]
             acc[0].append(result)
