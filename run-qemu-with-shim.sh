@@ -110,13 +110,15 @@ rg_read_conf() {
 		REKEYGUARD_MODE|REKEYGUARD_LOG|REKEYGUARD_NOTICE|REKEYGUARD_PROVOKE_REKEY)
 			# the environment wins, a later line over an earlier one;
 			# the library validates the value
-			eval "rg_set=\${$rg_key+set}"
-			case " $rg_conf_vars " in *" $rg_key "*) rg_set= ;; esac
+			case " $rg_conf_vars " in
+			*" $rg_key "*) rg_set= ;;                  # set by an earlier line
+			*) eval "rg_set=\${$rg_key+set}"        # set in the environment?
+			   [ -n "$rg_set" ] || rg_conf_vars="$rg_conf_vars $rg_key" ;;
+			esac
 			if [ -z "$rg_set" ]; then
 				eval "$rg_key=\$rg_val"
 				# shellcheck disable=SC2163  # exports the variable rg_key names
 				export "$rg_key"
-				case " $rg_conf_vars " in *" $rg_key "*) ;; *) rg_conf_vars="$rg_conf_vars $rg_key" ;; esac
 			fi ;;
 		*) rg_say "$rg_prog: $rg_conf_file: unknown setting '$rg_key' ignored (known: QEMU, LIB, REKEYGUARD_MODE, REKEYGUARD_LOG, REKEYGUARD_NOTICE, REKEYGUARD_PROVOKE_REKEY)" ;;
 		esac
