@@ -1,7 +1,9 @@
 /*
  * buffers.c — the per-thread buffer cache.
  *
- * Owns: each thread's one spare output chunk and one spare input buffer.
+ * Owns: each thread's one spare output chunk and one spare input buffer,
+ * and the thread-exit hook that also empties the thread's registry lookup
+ * cache (registry.c).
  * Invariants: buffers are held per thread, not per session, so a process
  * with 10,000 idle sessions holds 10,000 small entries and no buffers; a
  * thread's cache is freed when it exits; no lock (each cache is its
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "registry.h"
 
 struct rg_buffer_cache {
 	struct rg_chunk *chunk;
@@ -29,6 +32,7 @@ static bool rg_cache_key_ok;
 static void rg_cache_free(void *unused)
 {
 	(void)unused;
+	rg_registry_forget_thread();
 	free(rg_cache.chunk);
 	free(rg_cache.input);
 	memset(&rg_cache, 0, sizeof rg_cache);
@@ -39,8 +43,7 @@ void rg_buffers_init(void)
 	rg_cache_key_ok = pthread_key_create(&rg_cache_key, rg_cache_free) == 0;
 }
 
-/* Arranges for this thread's cache to be freed when it exits. */
-static void rg_cache_register(void)
+void rg_thread_cache_register(void)
 {
 	if (!rg_cache.registered && rg_cache_key_ok) {
 		pthread_setspecific(rg_cache_key, &rg_cache);
@@ -70,7 +73,7 @@ void rg_chunk_put(struct rg_chunk *c)
 	c->next = NULL;
 	if (rg_cache.chunk == NULL && c->cap == RG_CHUNK_SIZE) {
 		rg_cache.chunk = c;
-		rg_cache_register();
+		rg_thread_cache_register();
 	} else {
 		free(c);
 	}
@@ -109,7 +112,7 @@ void rg_input_release(struct rg_session *s)
 	if (rg_cache.input == NULL) {
 		rg_cache.input = s->in_buf;
 		rg_cache.input_cap = s->in_cap;
-		rg_cache_register();
+		rg_thread_cache_register();
 	} else {
 		free(s->in_buf);
 	}

@@ -14,6 +14,9 @@
 
 /* Once, from the binding: the key that frees a thread's cache. */
 void rg_buffers_init(void);
+/* Arranges for this thread's caches (buffers, registry lookups) to be
+ * freed when it exits. */
+void rg_thread_cache_register(void);
 /* An empty chunk of at least `need` bytes; NULL when memory is exhausted. */
 struct rg_chunk *rg_chunk_get(size_t need);
 void rg_chunk_put(struct rg_chunk *c);

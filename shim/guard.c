@@ -112,7 +112,8 @@ static ssize_t rg_guard_run(struct rg_session *s, struct rg_call *call)
 	if (call->family == RG_FAMILY_UNCORK)
 		s->uncork_count = 0;
 
-	if (s->poisoned) {
+	if (s->poisoned || s->dead) {
+		/* dead: this call raced the session's gnutls_deinit (registry.c) */
 		ret = GNUTLS_E_INVALID_SESSION;
 		goto out;
 	}

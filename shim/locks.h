@@ -8,9 +8,10 @@
  *                      (late-load-x86_64.c: activation, and each dlopen
  *                      after it).
  *   rg_stripe[i]       guards the registry's bucket chains b with
- *                      b % RG_STRIPES == i, and the increments of an
- *                      entry's refs (registry.c). Held for a few
- *                      instructions.
+ *                      b % RG_STRIPES == i, the increments of an
+ *                      entry's refs other than a thread's cached lookup,
+ *                      and the lookup cache's pins on listed entries
+ *                      (registry.c). Held for a few instructions.
  *   struct rg_session .lock
  *                      the session lock: guards the entry's fields
  *                      (session.h says which) and is held for the whole of

@@ -11,8 +11,26 @@
  *    call is in flight on it. An address handed out again by gnutls_init
  *    always gets a fresh entry (a stale one is dropped first).
  *  - refs counts calls in flight; it is incremented under the stripe lock
- *    (so removal cannot race with a lookup) and decremented under the
- *    session's lock (so gnutls_deinit's wait cannot miss the last one).
+ *    (so removal cannot race with a lookup) or through a pin (below), and
+ *    decremented under the session's lock (so gnutls_deinit's wait cannot
+ *    miss the last one).
+ *  - Each thread keeps the entries it looked up last in a small lookup
+ *    cache, so that a call on a session it used before takes no stripe
+ *    lock (one atomic increment instead of three atomic operations and a
+ *    chain walk). A cache slot pins the entry's memory (pins); the
+ *    registry holds one pin until it destroys the entry. Removal marks
+ *    the entry `unlisted` under its stripe lock, before GnuTLS frees the
+ *    session and can hand the address out again (measured: without it
+ *    the churn test met an old entry at a new session's address); a
+ *    cached entry is used only while listed and of this process's fork
+ *    generation, otherwise the lookup takes the stripe lock as before.
+ *    Destroying frees the buffers at once and marks the entry `dead`;
+ *    the entry itself (a few hundred bytes) is freed with the last pin:
+ *    when the threads that cached it look up another session in that
+ *    slot, or exit. A call that reaches a dead entry (it raced the
+ *    session's own gnutls_deinit, which GnuTLS does not allow either)
+ *    fails with GNUTLS_E_INVALID_SESSION instead of touching freed
+ *    memory (guard.c).
  *  - fork: the child bumps rg_fork_generation (locks.c); an entry whose
  *    generation is older is brought up to date the first time the child
  *    looks it up, under its stripe lock: a session lock held by a thread
@@ -22,6 +40,7 @@
 
 #include <stdlib.h>
 
+#include "buffers.h"
 #include "config.h"
 #include "locks.h"
 #include "status.h"
@@ -53,7 +72,7 @@ static pthread_mutex_t *rg_stripe_of(unsigned bucket)
 static void rg_session_after_fork(struct rg_session *s)
 {
 	unsigned gen = __atomic_load_n(&rg_fork_generation, __ATOMIC_RELAXED);
-	if (s->generation == gen)
+	if (__atomic_load_n(&s->generation, __ATOMIC_RELAXED) == gen)
 		return;
 	if (!rg_session_lock_reset_after_fork(s)) {
 		s->poisoned = true;
@@ -66,7 +85,62 @@ static void rg_session_after_fork(struct rg_session *s)
 	s->reader_active = false;
 	s->flusher_active = false;
 	s->want = RG_WANT_NONE;
-	s->generation = gen;
+	__atomic_store_n(&s->generation, gen, __ATOMIC_RELEASE);
+}
+
+/* ---- the per-thread lookup cache --------------------------------------- */
+
+#define RG_LOOKUP_SLOTS 8   /* power of two */
+
+struct rg_lookup_slot {
+	gnutls_session_t session;
+	struct rg_session *entry;   /* pinned; NULL: empty */
+};
+static RG_THREAD_LOCAL struct rg_lookup_slot rg_lookup_cache[RG_LOOKUP_SLOTS];
+
+static void rg_entry_free(struct rg_session *s)
+{
+	rg_session_locks_destroy(s);
+	free(s);
+}
+
+static void rg_entry_unpin(struct rg_session *s)
+{
+	if (__atomic_sub_fetch(&s->pins, 1, __ATOMIC_ACQ_REL) == 0)
+		rg_entry_free(s);
+}
+
+static struct rg_lookup_slot *rg_lookup_slot_of(unsigned bucket)
+{
+	return &rg_lookup_cache[(bucket / RG_STRIPES) & (RG_LOOKUP_SLOTS - 1)];
+}
+
+/* Puts a registered entry in its slot; called under its stripe lock (the
+ * registry's pin keeps it alive while the slot's pin is taken). An entry
+ * whose call is in progress on this thread keeps its slot: its pin may be
+ * what keeps it alive. */
+static void rg_lookup_cache_fill(struct rg_lookup_slot *slot, struct rg_session *s)
+{
+	struct rg_session *old = slot->entry;
+	if (old == s || (old != NULL && old == rg_lock_thread.in_call))
+		return;
+	__atomic_add_fetch(&s->pins, 1, __ATOMIC_RELAXED);
+	rg_thread_cache_register();
+	slot->session = s->session;
+	slot->entry = s;
+	if (old != NULL)
+		rg_entry_unpin(old);
+}
+
+void rg_registry_forget_thread(void)
+{
+	for (unsigned i = 0; i < RG_LOOKUP_SLOTS; i++) {
+		struct rg_session *s = rg_lookup_cache[i].entry;
+		rg_lookup_cache[i].entry = NULL;
+		rg_lookup_cache[i].session = NULL;
+		if (s != NULL)
+			rg_entry_unpin(s);
+	}
 }
 
 /* ---- entries --------------------------------------------------------- */
@@ -82,6 +156,7 @@ struct rg_session *rg_registry_create(gnutls_session_t session, unsigned init_fl
 	s->no_signal = (init_flags & GNUTLS_NO_SIGNAL) != 0;
 	s->app_recv_ptr = s->app_send_ptr = (gnutls_transport_ptr_t)-1;
 	s->direction_override = -1;
+	s->pins = 1;   /* the registry's */
 	s->generation = __atomic_load_n(&rg_fork_generation, __ATOMIC_RELAXED);
 	rg_session_locks_init(s);
 	rg_status_count_guarded();
@@ -107,15 +182,25 @@ void rg_registry_drop_stale(gnutls_session_t session)
 
 struct rg_session *rg_registry_lookup_ref(gnutls_session_t session)
 {
-	rg_locks_ensure_init();
 	unsigned b = rg_bucket_of(session);
+	struct rg_lookup_slot *slot = rg_lookup_slot_of(b);
+	struct rg_session *s = slot->entry;
+	if (slot->session == session && s != NULL &&
+	    !__atomic_load_n(&s->unlisted, __ATOMIC_ACQUIRE) &&
+	    __atomic_load_n(&s->generation, __ATOMIC_ACQUIRE) ==
+		    __atomic_load_n(&rg_fork_generation, __ATOMIC_RELAXED)) {
+		__atomic_add_fetch(&s->refs, 1, __ATOMIC_ACQ_REL);
+		return s;
+	}
+	rg_locks_ensure_init();
 	rg_leaf_lock(rg_stripe_of(b));
-	struct rg_session *s = rg_bucket[b];
+	s = rg_bucket[b];
 	while (s != NULL && s->session != session)
 		s = s->next;
 	if (s != NULL) {
 		rg_session_after_fork(s);
 		__atomic_add_fetch(&s->refs, 1, __ATOMIC_ACQ_REL);
+		rg_lookup_cache_fill(slot, s);
 	}
 	rg_leaf_unlock(rg_stripe_of(b));
 	return s;
@@ -140,9 +225,18 @@ struct rg_session *rg_registry_remove(gnutls_session_t session)
 		rg_session_after_fork(s);
 		*link = s->next;
 		s->next = NULL;
+		/* Before GnuTLS can free the session and hand its address out
+		 * again: a new session there must never meet this entry in a
+		 * lookup cache. */
+		__atomic_store_n(&s->unlisted, true, __ATOMIC_RELEASE);
 	}
 	rg_leaf_unlock(rg_stripe_of(b));
 	return s;
+}
+
+void rg_registry_retire_locked(struct rg_session *s)
+{
+	__atomic_store_n(&s->dead, true, __ATOMIC_RELEASE);
 }
 
 void rg_registry_destroy(struct rg_session *s)
@@ -151,7 +245,10 @@ void rg_registry_destroy(struct rg_session *s)
 		next = c->next;
 		free(c);
 	}
+	s->out_head = s->out_tail = NULL;
 	free(s->in_buf);
-	rg_session_locks_destroy(s);
-	free(s);
+	s->in_buf = NULL;
+	__atomic_store_n(&s->unlisted, true, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->dead, true, __ATOMIC_RELEASE);
+	rg_entry_unpin(s);   /* the registry's */
 }

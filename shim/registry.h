@@ -17,6 +17,12 @@ struct rg_session *rg_registry_lookup_ref(gnutls_session_t session);
 void rg_registry_unref_locked(struct rg_session *s);
 /* Removes the entry of a session being deinitialised; NULL if none. */
 struct rg_session *rg_registry_remove(gnutls_session_t session);
+/* Marks a removed entry dead before its lock is released for the last
+ * time, so that a cached lookup racing the removal cannot use it. */
+void rg_registry_retire_locked(struct rg_session *s);
+/* Frees a removed entry's buffers and drops the registry's pin. */
 void rg_registry_destroy(struct rg_session *s);
+/* Thread exit: drops the pins of this thread's lookup cache. */
+void rg_registry_forget_thread(void);
 
 #endif

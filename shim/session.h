@@ -5,9 +5,12 @@
  *   - `session`, `no_signal`: written once before the entry is published
  *     (registry.c rg_registry_create), read by anyone holding a reference.
  *   - `next`: the registry stripe lock of the entry's bucket.
- *   - `refs`, `lock_waiters`: atomics (refs is incremented under the stripe
- *     lock and decremented under the session lock, see registry.c).
- *   - `generation`, `poisoned`: the stripe lock (checked on every lookup).
+ *   - `refs`, `lock_waiters`, `pins`, `unlisted`, `dead`: atomics (refs is
+ *     incremented under the stripe lock or through a pin, and decremented
+ *     under the session lock; unlisted is set under the stripe lock, dead
+ *     under the session lock; see registry.c).
+ *   - `generation`, `poisoned`: the stripe lock (checked on every lookup;
+ *     generation is also read, atomically, by a cached lookup).
  *   - every other field: the session lock (`lock`), except that while
  *     `reader_active` is set only the thread that set it touches the input
  *     buffer fields (in_buf, in_cap), without the lock, and while
@@ -63,6 +66,13 @@ struct rg_session {
 
 	/* Atomic. */
 	unsigned refs;                /* calls in flight */
+	unsigned pins;                /* holders of the memory: the registry
+	                               * (until removal) and each thread whose
+	                               * lookup cache names the entry (registry.c) */
+	bool unlisted;                /* removed from the registry: a cached
+	                               * lookup must not use it */
+	bool dead;                    /* retired, GnuTLS's session gone: a call
+	                               * that raced the removal fails (guard.c) */
 	unsigned lock_waiters;        /* counted threads blocked taking the lock
 	                               * (rg_session_lock_turn) */
 

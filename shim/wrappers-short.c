@@ -383,6 +383,7 @@ static void guard_gnutls_transport_set_fastopen(gnutls_session_t session, int fd
 		while (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 0)
 			rg_session_wait(s);
 		rg_transport_release(s);
+		rg_registry_retire_locked(s);
 		rg_session_unlock(s);
 		rg_registry_destroy(s);
 		rg_log(RG_LOG_INFO, "a TCP Fast Open session is not guarded");

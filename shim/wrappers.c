@@ -179,6 +179,7 @@ static void guard_gnutls_deinit(gnutls_session_t session)
 	 * it could free memory twice); only the entry goes. */
 	if (!s->poisoned)
 		real_gnutls_deinit(session);
+	rg_registry_retire_locked(s);
 	rg_session_unlock(s);
 	rg_registry_destroy(s);
 }

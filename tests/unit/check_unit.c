@@ -1,7 +1,8 @@
 /*
  * check_unit.c — unit tests of the library's internals, next to the
  * black-box suites: the record-header and errno mirrors of GnuTLS, the
- * outbound queue and its flush, and the per-thread buffer cache.
+ * outbound queue and its flush, the per-thread buffer cache, and the
+ * registry's per-thread lookup cache.
  *
  * Compiled together with the shim's own source files (tests/unit/unit.mk),
  * not preloaded, once as released and once with -DREKEYGUARD_DEBUG (the
@@ -23,6 +24,7 @@
 #include "gnutls-mirror.h"
 #include "locks.h"
 #include "outbound.h"
+#include "registry.h"
 #include "session.h"
 
 static struct rg_session *session_new(void)
@@ -231,6 +233,43 @@ START_TEST(test_chunk_cache)
 }
 END_TEST
 
+/* ---- registry lookup cache ------------------------------------------------ */
+
+static struct rg_session *lookup_and_release(gnutls_session_t session)
+{
+	struct rg_session *s = rg_registry_lookup_ref(session);
+	if (s != NULL) {
+		rg_session_lock(s);
+		rg_registry_unref_locked(s);
+		rg_session_unlock(s);
+	}
+	return s;
+}
+
+/* GnuTLS may hand a session's address out again as soon as the old session
+ * is freed, before its entry is destroyed: a lookup on this thread, whose
+ * cache still names the old entry, must find the new one. */
+START_TEST(test_lookup_cache_reused_address)
+{
+	gnutls_session_t x = (gnutls_session_t)(uintptr_t)0x5000;
+	struct rg_session *old = rg_registry_create(x, 0);
+	ck_assert_ptr_nonnull(old);
+	ck_assert_ptr_eq(lookup_and_release(x), old);   /* fills the cache */
+	ck_assert_ptr_eq(lookup_and_release(x), old);   /* from the cache */
+	ck_assert_ptr_eq(rg_registry_remove(x), old);
+	ck_assert_ptr_null(lookup_and_release(x));      /* removed: not found */
+	struct rg_session *fresh = rg_registry_create(x, 0);
+	ck_assert_ptr_nonnull(fresh);
+	ck_assert_ptr_eq(lookup_and_release(x), fresh);
+	rg_registry_destroy(old);
+	ck_assert_ptr_eq(lookup_and_release(x), fresh);
+	ck_assert_ptr_eq(rg_registry_remove(x), fresh);
+	rg_registry_destroy(fresh);
+	ck_assert_ptr_null(lookup_and_release(x));
+	rg_registry_forget_thread();
+}
+END_TEST
+
 /* ---- lock misuse: debug builds abort at the call site ---------------------- */
 
 #ifdef REKEYGUARD_DEBUG
@@ -289,6 +328,9 @@ static Suite *unit_suite(void)
 	TCase *buffers = tcase_create("buffers");
 	tcase_add_test(buffers, test_chunk_cache);
 	suite_add_tcase(s, buffers);
+	TCase *registry = tcase_create("registry");
+	tcase_add_test(registry, test_lookup_cache_reused_address);
+	suite_add_tcase(s, registry);
 #ifdef REKEYGUARD_DEBUG
 	TCase *debug = tcase_create("debug-locks");
 	tcase_add_test_raise_signal(debug, test_debug_relock_aborts, SIGABRT);
